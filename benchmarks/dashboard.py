@@ -1,0 +1,125 @@
+"""How long the seven-chart dashboard takes to render, by run length.
+
+    python benchmarks/dashboard.py            # markdown table on stdout
+    python benchmarks/dashboard.py --png out.png --steps 2000   # also write a sample image
+
+Build (``build_dashboard``) and savefig (PNG into memory) are timed separately, median of
+3, on synthetic but realistic metrics: a decaying noisy loss, rising accuracy, noisy
+throughput, a warmup + cosine learning rate, and 5 text samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+
+from slimtrack.plots import build_dashboard, save_png
+
+SIZES = (1_000, 10_000, 100_000, 1_000_000)
+REPEATS = 3
+
+
+def synthetic_metrics(n_steps: int, seed: int = 0) -> pd.DataFrame:
+    """A run of ``n_steps`` TrainingMetrics rows that looks like a real one."""
+    rng = np.random.default_rng(seed)
+    step = np.arange(1, n_steps + 1)
+    progress = step / n_steps
+    loss = 2.2 + 8.6 * np.exp(-step / max(n_steps / 8, 1)) + rng.normal(0, 0.12, n_steps)
+    accuracy = np.clip(0.05 + 0.5 * (1 - np.exp(-step / max(n_steps / 6, 1))) + rng.normal(0, 0.02, n_steps), 0, 1)
+    tokens_per_sec = 48_000 + rng.normal(0, 2_500, n_steps) - 9_000 * (rng.random(n_steps) < 0.01)
+    warmup = max(n_steps // 20, 1)
+    cosine = 6e-5 + 0.5 * (6e-4 - 6e-5) * (1 + np.cos(np.pi * np.clip((step - warmup) / (n_steps - warmup), 0, 1)))
+    learning_rate = np.where(step < warmup, 6e-4 * step / warmup, cosine)
+    val_loss = np.where(step % max(n_steps // 20, 1) == 0, loss - 0.05, np.nan)
+    return pd.DataFrame({
+        "step": step,
+        "timestamp": 1.7e9 + 0.25 * step,
+        "loss": loss,
+        "accuracy": accuracy,
+        "tokens_per_sec": tokens_per_sec,
+        "learning_rate": learning_rate,
+        "grad_norm": np.abs(rng.normal(1.0, 0.3, n_steps)),
+        "step_time_ms": 250 + rng.normal(0, 10, n_steps),
+        "tokens_seen": step * 12_288,
+        "val_loss": val_loss,
+        "progress": progress,
+    })
+
+
+def synthetic_samples(last_step: int) -> list[dict]:
+    """Five text samples, the kind the trainer records every viz interval."""
+    texts = [
+        ("The history of the Roman Empire spans", " more than a thousand years, from the founding of\nthe city to the fall of Constantinople in 1453."),
+        ("def fibonacci(n):\n    ", "if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)"),
+        ("Photosynthesis converts light energy", " into chemical energy stored in glucose, using $CO_2$ and water."),
+        ("In 2019 the team released", " the first version of the library, which quickly became popular."),
+        ("Q: What is the capital of France?\nA:", " Paris is the capital and largest city of France."),
+    ]
+    step0 = max(last_step - 4 * 25, 0)
+    return [
+        {"step": step0 + 25 * i, "input": prompt, "output": output, "accuracy": 0.3 + 0.05 * i}
+        for i, (prompt, output) in enumerate(texts)
+    ]
+
+
+def _time_once(frame: pd.DataFrame, samples: list[dict]) -> tuple[float, float]:
+    start = time.perf_counter()
+    fig = build_dashboard(frame, samples)
+    built = time.perf_counter()
+    save_png(fig, io.BytesIO())
+    return built - start, time.perf_counter() - built
+
+
+def render_times(sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> str:
+    """Markdown table: build, savefig and total seconds (median of ``repeats``) per run length."""
+    lines = [
+        f"Dashboard render time, median of {repeats} ({platform.machine()}, {platform.processor() or platform.system()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {datetime.date.today().isoformat()})",
+        "",
+        "| steps | build (s) | savefig (s) | total (s) |",
+        "|------:|----------:|------------:|----------:|",
+    ]
+    _time_once(synthetic_metrics(100), synthetic_samples(100))  # warm up imports and font caches
+    for n_steps in sizes:
+        frame, samples = synthetic_metrics(n_steps), synthetic_samples(n_steps)
+        runs = [_time_once(frame, samples) for _ in range(repeats)]
+        build = statistics.median(b for b, _ in runs)
+        save = statistics.median(s for _, s in runs)
+        total = statistics.median(b + s for b, s in runs)
+        lines.append(f"| {n_steps:,} | {build:.3f} | {save:.3f} | {total:.3f} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Training-thread cost per viz interval: to be filled in once VisualizationManager exists
+# (it will measure the time the training thread spends in viz.update() per interval, with
+# the render happening off-thread).
+# --------------------------------------------------------------------------------------
+def training_thread_cost() -> str:
+    return "not measured yet"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--png", help="also write a dashboard of --steps synthetic steps to this path")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    args = parser.parse_args()
+    if args.png:
+        save_png(build_dashboard(synthetic_metrics(args.steps), synthetic_samples(args.steps)), args.png)
+        print(f"wrote {args.png}")
+    print(render_times(tuple(args.sizes)))
+    print()
+    print("Training-thread cost per viz interval:", training_thread_cost())
+
+
+if __name__ == "__main__":
+    main()

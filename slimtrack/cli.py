@@ -1,0 +1,148 @@
+"""Command line: argument parsing, subcommands and exit codes; no training logic.
+
+Exit status: 0 done, 1 the run failed (NaN loss, a bug), 2 bad input (one line
+on stderr, before any heavy work), 130 interrupted (Ctrl-C / SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from slimtrack.config import DEVICES, KERNELS, PRESETS, Config, build_config
+from slimtrack.errors import UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``slimtrack: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    # Every default is None: only flags given explicitly override the preset (so
+    # `--test --max-chunks 5` keeps the test model and trains 5 chunks).
+    p.add_argument("--test", nargs="?", const=True, default=False, type=parse_bool,
+                   help="tiny model, ~20 chunks, under a minute on CPU (same as --preset test)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model and run size (default: small)")
+    p.add_argument("--max-chunks", type=positive_int, help="optimizer steps to train (one chunk each)")
+    p.add_argument("--viz-interval", type=positive_int, help="dashboard every N steps (default 50)")
+    p.add_argument("--checkpoint-interval", type=positive_int, help="checkpoint every N steps (default 2000)")
+    p.add_argument("--eval-interval", type=positive_int, help="validation every N steps (default 100)")
+    p.add_argument("--log-interval", type=positive_int, help="console line every N steps")
+    p.add_argument("--keep-checkpoints", type=positive_int, help="newest checkpoints kept (default 3)")
+    p.add_argument("--dataset", help="embedded (default), a SlimPajama folder or file, or a hub id")
+    p.add_argument("--tokenizer", help="byte (default), a tokenizer.json path, or a hub tokenizer")
+    p.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
+    p.add_argument("--kernels", choices=KERNELS, help="native numba kernels (default) or torch ops")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=positive_int, help="rows per chunk")
+    p.add_argument("--seq-len", type=positive_int, help="tokens per row")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
+    p.add_argument("--num-threads", type=int, help="torch and numba threads (default: all cores)")
+    p.add_argument("--output-dir", help="local files of the run (default: outputs/<time>-<run name>)")
+    p.add_argument("--experiment", help="MLflow experiment (default: slimtrack)")
+    p.add_argument("--run-name", help="MLflow run name (default: preset-dataset-kernels-id)")
+    p.add_argument("--no-tracking", action="store_true", help="same loop without MLflow (benchmarks)")
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="slimtrack", description="Train a GPT on SlimPajama and watch it learn in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_train_arguments(sub.add_parser("train", help="train a model (the main job)"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Map parsed flags onto the dataclasses; validation errors are UserErrors."""
+    # --test wins over --preset (MLproject always passes both).
+    preset = "test" if args.test else (args.preset or "small")
+    overrides: dict[str, Any] = {
+        "max_chunks": args.max_chunks, "viz_interval": args.viz_interval,
+        "checkpoint_interval": args.checkpoint_interval, "eval_interval": args.eval_interval,
+        "log_interval": args.log_interval, "keep_checkpoints": args.keep_checkpoints,
+        "dataset": args.dataset, "tokenizer": args.tokenizer, "device": args.device,
+        "kernels": args.kernels, "seed": args.seed, "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "lr": args.lr, "warmup_steps": args.warmup_steps, "num_threads": args.num_threads,
+        "output_dir": args.output_dir, "experiment": args.experiment, "run_name": args.run_name,
+        "tracking.enabled": False if args.no_tracking else None,
+    }
+    return build_config(preset, **overrides)
+
+
+def check_output_dir(path: str) -> None:
+    """Fail fast (exit 2) on an output directory we cannot write."""
+    if not path:
+        return
+    target = Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        raise UserError(f"--output-dir {path} is not writable: {exc.strerror or exc}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    check_output_dir(config.train.output_dir)
+    from slimtrack.data import validate_dataset  # cheap checks before torch and the model load
+    from slimtrack.tokenizer import load_tokenizer
+
+    validate_dataset(config.data.dataset)
+    load_tokenizer(config.data.tokenizer)
+    from slimtrack.session import run_training
+
+    outcome = run_training(config)
+    if outcome.message:
+        print(f"slimtrack: {outcome.message}", file=sys.stderr)
+    return {"FINISHED": EXIT_OK, "KILLED": EXIT_INTERRUPTED}.get(outcome.status, EXIT_FAILED)
+
+
+COMMANDS = {"train": cmd_train}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("SLIMTRACK_LOG_LEVEL", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"slimtrack: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("slimtrack: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

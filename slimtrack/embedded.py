@@ -1,0 +1,124 @@
+"""The embedded corpus: text every Python installation carries, as SlimPajama records.
+
+Two sets, named like SlimPajama's ``meta.redpajama_set_name``:
+
+- ``PythonStdlibSource``: the standard library's ``*.py`` files (below
+  ``sysconfig.get_paths()["stdlib"]``, without site-packages and without
+  ``pydoc_data/topics.py``, which is the other set in Python syntax).
+- ``PythonDocs``: the documentation topics of ``pydoc_data.topics.topics``.
+
+Order: each set sorted by name, shuffled with a fixed seed, then the two interleaved
+evenly (each document gets a fixed-seed position in [0, 1) spread over its set), so
+both sets appear from the first few dozen documents on. Nothing depends on directory
+listing order or on what is installed in site-packages: the same Python version gives
+the same corpus on every machine (distributions that split the stdlib into packages,
+e.g. Debian without ``python3-tk``/tests, have fewer files).
+
+Validation: in each set, the ~2% of documents with the smallest stable hash of their
+name (a BLAKE2 digest of ``set:relative/path``) are held out. Train and validation are
+disjoint by construction and both contain both sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from slimtrack.errors import UserError
+from slimtrack.readers import Document, Shard, SkipStats, document_from_record
+
+STDLIB_SET = "PythonStdlibSource"
+DOCS_SET = "PythonDocs"
+VALIDATION_FRACTION = 0.02
+SHUFFLE_SEED = 20240627
+_EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+_EXCLUDED_FILES = {"pydoc_data/topics.py"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One document of the corpus, not read yet: reading happens lazily while iterating."""
+
+    set_name: str
+    key: str  # relative POSIX path (stdlib) or topic name (docs)
+
+    @property
+    def stable_hash(self) -> int:
+        return int.from_bytes(hashlib.blake2b(f"{self.set_name}:{self.key}".encode(), digest_size=8).digest(), "big")
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_entries(root: Path) -> list[Entry]:
+    keys = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if _EXCLUDED_DIRS.isdisjoint(relative.parts[:-1]) and relative.as_posix() not in _EXCLUDED_FILES:
+            keys.append(relative.as_posix())
+    return [Entry(STDLIB_SET, key) for key in sorted(keys)]
+
+
+def docs_entries() -> list[Entry]:
+    from pydoc_data.topics import topics
+
+    return [Entry(DOCS_SET, key) for key in sorted(topics)]
+
+
+def held_out(entries: list[Entry], fraction: float = VALIDATION_FRACTION) -> set[Entry]:
+    """The ceil(fraction * n) entries with the smallest stable hash (at least one per set)."""
+    count = math.ceil(fraction * len(entries))
+    return set(sorted(entries, key=lambda entry: entry.stable_hash)[:count])
+
+
+def interleave(sets: list[list[Entry]], seed: int = SHUFFLE_SEED) -> list[Entry]:
+    """Shuffle each set, then merge them so every set is spread evenly over the whole order."""
+    rng = random.Random(seed)
+    positioned = []
+    for entries in sets:
+        shuffled = list(entries)
+        rng.shuffle(shuffled)
+        positioned.extend(((i + rng.random()) / len(shuffled), entry) for i, entry in enumerate(shuffled))
+    return [entry for _, entry in sorted(positioned, key=lambda pair: (pair[0], pair[1].set_name, pair[1].key))]
+
+
+def embedded_entries(split: str) -> list[Entry]:
+    """The ordered entries of the "train" or "validation" split."""
+    if split not in ("train", "validation"):
+        raise UserError(f"the embedded corpus has splits 'train' and 'validation', not {split!r}")
+    sets = [stdlib_entries(stdlib_root()), docs_entries()]
+    chosen = []
+    for entries in sets:
+        validation = held_out(entries)
+        chosen.append([e for e in entries if (e in validation) == (split == "validation")])
+    return interleave(chosen)
+
+
+def iter_embedded(split: str, skips: SkipStats, shard: Shard) -> Iterator[Document]:
+    """Documents of the embedded corpus in its fixed order; files that fail to decode are counted."""
+    from pydoc_data.topics import topics
+
+    root = stdlib_root()
+    for entry in embedded_entries(split):
+        if not shard.take():
+            continue
+        label = f"{entry.set_name}:{entry.key}"
+        try:
+            text = topics[entry.key] if entry.set_name == DOCS_SET else (root / entry.key).read_bytes().decode("utf-8")
+        except UnicodeDecodeError:  # a few test files are deliberately not UTF-8
+            skips.add("bad_utf8", label)
+            continue
+        except OSError:
+            skips.add("corrupt_file", label)
+            continue
+        document = document_from_record({"text": text, "meta": {"redpajama_set_name": entry.set_name}})
+        if isinstance(document, str):
+            skips.add(document, label)
+        else:
+            yield document

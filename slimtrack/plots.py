@@ -1,0 +1,294 @@
+"""The seven-chart training dashboard: a metrics frame in, a matplotlib Figure out.
+
+Pure: no MLflow, no files, no pyplot (its global figure registry is not thread-safe and
+the dashboard is rendered off the training thread). The figure gets an Agg canvas, so
+callers can ``fig.savefig(...)`` or use :func:`save_png`.
+
+Long runs stay cheap: moving averages are computed on the full data, then every line is
+decimated (MinMaxLTTB keeps the visual shape, including each extreme) to a bounded number
+of points before it reaches matplotlib, whose drawing cost grows with the points.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, MaxNLocator, PercentFormatter, StrMethodFormatter
+from tsdownsample import MinMaxLTTBDownsampler
+
+CHART_TITLES = (
+    "Training loss",
+    "Training accuracy",
+    "Token throughput",
+    "Learning rate schedule",
+    "Loss vs accuracy",
+    "Recent performance (last 500 steps)",
+    "Text samples",
+)
+
+LOSS_COLOR = "tab:blue"
+LOSS_AVERAGE_COLOR = "navy"
+ACCURACY_COLOR = "tab:green"
+ACCURACY_AVERAGE_COLOR = "darkgreen"
+THROUGHPUT_COLOR = "tab:purple"
+LR_COLOR = "tab:orange"
+VALIDATION_COLOR = "tab:red"
+SCATTER_CMAP = "viridis"
+
+REQUIRED_COLUMNS = ("step", "loss", "accuracy", "tokens_per_sec", "learning_rate")
+CHARTED_OPTIONAL_COLUMNS = ("val_loss", "val_accuracy")
+AVERAGE_WINDOW = 50
+RECENT_STEPS = 500
+SAMPLE_ROWS = 5
+SAMPLE_TEXT_CHARS = 60
+# About twice the width of one chart in pixels (18 in / 3 charts * 100 dpi): more points
+# than pixels columns only cost drawing time.
+MAX_LINE_POINTS = 2000
+MAX_SCATTER_POINTS = 5000
+
+_DOWNSAMPLER = MinMaxLTTBDownsampler()
+_THOUSANDS = "{x:,.0f}"
+
+
+def moving_average(series: pd.Series, window: int = AVERAGE_WINDOW) -> pd.Series:
+    """Trailing mean over ``window`` rows; NaNs are skipped, the first rows use what exists."""
+    return series.rolling(window, min_periods=1).mean()
+
+
+def prepare_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The charted columns as float64, sorted by step, one row per step (the last one wins)."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in frame.columns]
+    if missing and len(frame):
+        raise ValueError(f"metrics frame lacks required columns: {', '.join(missing)}")
+    columns = {}
+    for name in REQUIRED_COLUMNS + CHARTED_OPTIONAL_COLUMNS:
+        if name in frame.columns:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            columns[name] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            columns[name] = np.full(len(frame), np.nan)
+    df = pd.DataFrame(columns).replace([np.inf, -np.inf], np.nan)
+    df = df[df["step"].notna()]
+    steps = df["step"].to_numpy()
+    # The usual case (strictly increasing steps) skips the sort: it dominates at 1M rows.
+    if len(steps) > 1 and not (np.diff(steps) > 0).all():
+        df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
+    return df.reset_index(drop=True)
+
+
+def decimate(x: np.ndarray, y: np.ndarray, n_out: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``n_out`` finite points of the line (x ascending) that keep its look."""
+    finite = np.isfinite(y)
+    x, y = x[finite], y[finite]
+    if len(y) <= n_out:
+        return x, y
+    index = _DOWNSAMPLER.downsample(x, y, n_out=n_out)
+    return x[index], y[index]
+
+
+def shorten(text: Any, limit: int = SAMPLE_TEXT_CHARS) -> str:
+    """One table-cell line: newlines as ⏎, control characters dropped, ellipsis past limit."""
+    flat = str(text).replace("\r\n", "\n").replace("\n", " ⏎ ")
+    flat = " ".join("".join(c if c.isprintable() else " " for c in flat).split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def build_dashboard(
+    frame: pd.DataFrame,
+    samples: Sequence[Mapping[str, Any]] = (),
+    *,
+    figsize: tuple[float, float] = (18.0, 12.0),
+    dpi: float = 100.0,
+) -> Figure:
+    """The seven charts of :data:`CHART_TITLES` for a frame of TrainingMetrics records."""
+    df = prepare_frame(frame)
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    # A fixed grid with explicit spacing: constrained layout measures every text at draw
+    # time, which costs more than the whole chart content after decimation.
+    grid = fig.add_gridspec(
+        3, 3, height_ratios=(1.0, 1.0, 0.75),
+        left=0.045, right=0.955, bottom=0.02, top=0.91, hspace=0.42, wspace=0.3,
+    )
+    fig.suptitle(_headline(df), fontsize=15)
+    _plot_loss(fig.add_subplot(grid[0, 0]), df)
+    _plot_accuracy(fig.add_subplot(grid[0, 1]), df)
+    _plot_throughput(fig.add_subplot(grid[0, 2]), df)
+    _plot_learning_rate(fig.add_subplot(grid[1, 0]), df)
+    _plot_loss_vs_accuracy(fig.add_subplot(grid[1, 1]), df)
+    _plot_recent(fig.add_subplot(grid[1, 2]), df)
+    _plot_samples(fig.add_subplot(grid[2, :]), samples)
+    return fig
+
+
+def save_png(fig: Figure, path_or_buffer: str | os.PathLike | IO[bytes], dpi: float | None = None) -> None:
+    """Write the figure as PNG through the Agg canvas (never pyplot)."""
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.savefig(path_or_buffer, format="png", dpi=dpi if dpi is not None else fig.dpi)
+
+
+def _headline(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "slimtrack training: no data yet"
+    loss, accuracy = df["loss"].dropna(), df["accuracy"].dropna()
+    parts = [f"step {df['step'].iloc[-1]:,.0f}"]
+    parts.append(f"loss {loss.iloc[-1]:.4f}" if len(loss) else "loss n/a")
+    parts.append(f"accuracy {100 * accuracy.iloc[-1]:.1f} %" if len(accuracy) else "accuracy n/a")
+    return "slimtrack training · " + " · ".join(parts)
+
+
+def _setup(ax: Axes, title: str, ylabel: str, xlabel: str = "step") -> None:
+    ax.set_title(title, fontsize=12, fontweight="bold", y=1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    # Few ticks: every tick is a handful of artists to create and a label to lay out,
+    # the largest fixed cost of a render.
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    if xlabel == "step":
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.xaxis.set_major_formatter(StrMethodFormatter(_THOUSANDS))
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray", fontsize=12)
+
+
+def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> None:
+    ax.plot(*decimate(x, y), **style)
+
+
+def _metric_with_average(ax: Axes, df: pd.DataFrame, column: str, scale: float, color: str, average_color: str) -> None:
+    """Raw line (light) plus its moving average (dark, thick); the average is computed first."""
+    steps = df["step"].to_numpy()
+    values = df[column] * scale
+    _line(ax, steps, values.to_numpy(), color=color, lw=0.8, alpha=0.45, label=column)
+    _line(ax, steps, moving_average(values).to_numpy(), color=average_color, lw=2.0,
+          label=f"{AVERAGE_WINDOW}-step average")
+    validation = df[f"val_{column}"] * scale
+    if validation.notna().any():
+        _line(ax, steps, validation.to_numpy(), color=VALIDATION_COLOR, ls="none", marker="o", ms=4,
+              label=f"val_{column}")
+    if values.isna().all():
+        _note(ax, "no data yet")
+
+
+def _plot_loss(ax: Axes, df: pd.DataFrame) -> None:
+    _setup(ax, CHART_TITLES[0], "loss")
+    _metric_with_average(ax, df, "loss", 1.0, LOSS_COLOR, LOSS_AVERAGE_COLOR)
+    if df["loss"].notna().any():
+        ax.legend(loc="upper right", fontsize=9)
+
+
+def _plot_accuracy(ax: Axes, df: pd.DataFrame) -> None:
+    _setup(ax, CHART_TITLES[1], "accuracy (%)")
+    _metric_with_average(ax, df, "accuracy", 100.0, ACCURACY_COLOR, ACCURACY_AVERAGE_COLOR)
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+    if df["accuracy"].notna().any():
+        ax.legend(loc="lower right", fontsize=9)
+
+
+def _plot_throughput(ax: Axes, df: pd.DataFrame) -> None:
+    _setup(ax, CHART_TITLES[2], "tokens / s")
+    _line(ax, df["step"].to_numpy(), df["tokens_per_sec"].to_numpy(), color=THROUGHPUT_COLOR, lw=1.0)
+    ax.yaxis.set_major_formatter(StrMethodFormatter(_THOUSANDS))
+    if df["tokens_per_sec"].isna().all():
+        _note(ax, "no data yet")
+
+
+def _plot_learning_rate(ax: Axes, df: pd.DataFrame) -> None:
+    _setup(ax, CHART_TITLES[3], "learning rate (log)")
+    # A log axis cannot show 0 or negatives (warmup often starts at 0): leave them out.
+    lr = df["learning_rate"].where(df["learning_rate"] > 0).to_numpy()
+    _line(ax, df["step"].to_numpy(), lr, color=LR_COLOR, lw=1.5)
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # the default draws 8 per decade
+    if np.isnan(lr).all():
+        ax.set_ylim(1e-5, 1e-2)
+        _note(ax, "no positive learning rate yet")
+
+
+def _plot_loss_vs_accuracy(ax: Axes, df: pd.DataFrame) -> None:
+    _setup(ax, CHART_TITLES[4], "accuracy (%)", xlabel="loss")
+    keep = np.flatnonzero(df["loss"].notna().to_numpy() & df["accuracy"].notna().to_numpy())
+    if len(keep) > MAX_SCATTER_POINTS:  # an even stride over the run, first and last kept
+        keep = keep[np.linspace(0, len(keep) - 1, MAX_SCATTER_POINTS).astype(np.int64)]
+    steps = df["step"].to_numpy()
+    # An explicit norm: autoscaling an empty scatter's colours fails.
+    norm = Normalize(steps[0], max(steps[-1], steps[0] + 1)) if len(steps) else Normalize(0, 1)
+    points = ax.scatter(df["loss"].to_numpy()[keep], 100 * df["accuracy"].to_numpy()[keep],
+                        c=steps[keep], cmap=SCATTER_CMAP, norm=norm, s=8, alpha=0.7, linewidths=0)
+    colorbar = ax.figure.colorbar(points, ax=ax, pad=0.02)
+    colorbar.set_label("step")
+    colorbar.formatter = StrMethodFormatter(_THOUSANDS)
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+    if not len(keep):
+        _note(ax, "no data yet")
+
+
+def _plot_recent(ax: Axes, df: pd.DataFrame) -> None:
+    _setup(ax, CHART_TITLES[5], "loss")
+    recent = df[df["step"] > df["step"].iloc[-1] - RECENT_STEPS] if len(df) else df
+    steps = recent["step"].to_numpy()
+    accuracy_ax = ax.twinx()
+    accuracy_ax.set_ylabel("accuracy (%)")
+    accuracy_ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    accuracy_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=1))
+    lines = ax.plot(*decimate(steps, recent["loss"].to_numpy()), color=LOSS_COLOR, lw=1.0, label="loss")
+    lines += accuracy_ax.plot(*decimate(steps, 100 * recent["accuracy"].to_numpy()),
+                              color=ACCURACY_COLOR, lw=1.0, label="accuracy")
+    # One legend for both y-axes: the twin's lines are not in ax's own legend.
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=9)
+    if recent["loss"].isna().all() and recent["accuracy"].isna().all():
+        _note(ax, "no data yet")
+
+
+def _sample_step(sample: Mapping[str, Any]) -> float:
+    try:
+        return float(sample.get("step", 0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _sample_row(sample: Mapping[str, Any]) -> list[str]:
+    accuracy = sample.get("accuracy")
+    try:
+        accuracy_text = f"{100 * float(accuracy):.1f} %"
+    except (TypeError, ValueError):
+        accuracy_text = "n/a"
+    return [f"{_sample_step(sample):,.0f}", shorten(sample.get("input", "")),
+            shorten(sample.get("output", "")), accuracy_text]
+
+
+def _plot_samples(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> None:
+    ax.set_title(CHART_TITLES[6], fontsize=12, fontweight="bold", y=1.0)
+    ax.axis("off")
+    latest = sorted(samples, key=_sample_step)[-SAMPLE_ROWS:]  # stable: ties keep arrival order
+    if not latest:
+        _note(ax, "no samples yet")
+        return
+    table = ax.table(
+        cellText=[_sample_row(sample) for sample in latest],
+        colLabels=["step", "input", "output", "accuracy"],
+        colWidths=[0.07, 0.42, 0.42, 0.09],
+        cellLoc="left", loc="upper center",
+    )
+    # A fixed font size: auto-sizing measures every cell's text again and again.
+    table.auto_set_font_size(False)
+    table.set_fontsize(10.5)
+    table.scale(1.0, 1.9)
+    for (row, _), cell in table.get_celld().items():
+        cell.get_text().set_parse_math(False)  # sample text may contain "$...$"
+        if row == 0:
+            cell.set_facecolor("#e8e8e8")
+            cell.get_text().set_fontweight("bold")

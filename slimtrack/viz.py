@@ -1,0 +1,137 @@
+"""VisualizationManager: the metric history, text samples, and dashboards off-thread.
+
+The training thread only appends (a record, sometimes a sample) and, every
+``viz_interval`` steps, sets "render up to step N" and returns. One worker
+thread renders the dashboard with ``slimtrack.plots`` and writes/logs the
+files. If a render is still running when the next is due, the newer request
+replaces the older one (coalescing) instead of queueing without bound.
+
+Files per render, under ``<output_dir>/training_viz/`` and as run artifacts:
+``training_step_NNNNNN.png``, ``training_latest.png``, ``metrics_history.json``
+(one entry per step) and ``text_samples.json`` (the newest samples, in MLflow's
+table format so the UI shows it as a table). The dashboard is also logged with
+``log_image(key="training_dashboard", step=N)``: the UI's step slider.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimtrack.metrics import TrainingMetrics, history_json
+from slimtrack.metrics import history_frame as build_history_frame
+
+log = logging.getLogger(__name__)
+
+VIZ_DIR = "training_viz"
+IMAGE_KEY = "training_dashboard"
+SAMPLES_KEPT = 100  # text_samples.json stays bounded: uploading it each interval is O(1)
+
+
+@dataclass(frozen=True)
+class _Request:
+    step: int
+    n_records: int
+    n_samples: int
+
+
+def samples_table(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """MLflow's table JSON (``{"columns": [...], "data": [[...]]}``) for text samples."""
+    columns = ["step", "input", "output", "accuracy"]
+    return {"columns": columns, "data": [[s.get(c) for c in columns] for s in samples]}
+
+
+class VisualizationManager:
+    def __init__(self, output_dir: Path, tracker: Any, viz_interval: int) -> None:
+        self.dir = Path(output_dir) / VIZ_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = tracker
+        self.viz_interval = viz_interval
+        self.records: list[TrainingMetrics] = []
+        self.samples: list[dict[str, Any]] = []
+        self.rendered_steps: list[int] = []
+        self._request: _Request | None = None
+        self._busy = False
+        self._closed = False
+        self._cond = threading.Condition()
+        self._worker = threading.Thread(target=self._render_forever, name="slimtrack-viz", daemon=True)
+        self._worker.start()
+
+    # ---- training thread ------------------------------------------------------------------------
+    def update(self, record: TrainingMetrics, sample: dict[str, Any] | None = None) -> None:
+        """Append one step (and maybe a sample); request a render every viz_interval steps."""
+        self.records.append(record)
+        if sample is not None:
+            self.samples.append(sample)
+        if record.step % self.viz_interval == 0:
+            self.request_render()
+
+    def request_render(self) -> None:
+        """Ask the worker for a dashboard of everything appended so far; returns at once."""
+        if not self.records:
+            return
+        with self._cond:
+            self._request = _Request(self.records[-1].step, len(self.records), len(self.samples))
+            self._cond.notify()
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Render once more at the current step (unless just done), then stop the worker."""
+        if self.records and (not self.rendered_steps or self.rendered_steps[-1] != self.records[-1].step):
+            self.request_render()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join(timeout)
+
+    def to_frame(self):
+        return build_history_frame(self.records)
+
+    # ---- worker thread ------------------------------------------------------------------------
+    def _render_forever(self) -> None:
+        while True:
+            with self._cond:
+                while self._request is None and not self._closed:
+                    self._cond.wait()
+                request, self._request = self._request, None
+                if request is None:  # closed and nothing left to do
+                    return
+            try:
+                self._render(request)
+            except Exception:  # noqa: BLE001 — a failed chart must never stop training
+                log.exception("dashboard render at step %d failed", request.step)
+
+    def _render(self, request: _Request) -> None:
+        from slimtrack.plots import build_dashboard, save_png  # matplotlib loads off the hot path
+
+        records = self.records[:request.n_records]
+        samples = self.samples[:request.n_samples]
+        figure = build_dashboard(build_history_frame(records), samples)
+        step_png = self.dir / f"training_step_{request.step:06d}.png"
+        save_png(figure, step_png)
+        image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()  # [H, W, 3] uint8
+        latest_png = self.dir / "training_latest.png"
+        _atomic_write_bytes(latest_png, step_png.read_bytes())
+        history = self.dir / "metrics_history.json"
+        _atomic_write_bytes(history, history_json(records).encode())
+        samples_file = self.dir / "text_samples.json"
+        _atomic_write_bytes(samples_file, json.dumps(samples_table(samples[-SAMPLES_KEPT:]), indent=1).encode())
+
+        self.tracker.log_artifact(step_png, VIZ_DIR)
+        self.tracker.log_artifact(latest_png, VIZ_DIR)
+        self.tracker.log_artifact(history, VIZ_DIR)
+        self.tracker.log_table_file(samples_file, VIZ_DIR)
+        self.tracker.log_image(image, key=IMAGE_KEY, step=request.step)
+        self.rendered_steps.append(request.step)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Readers (and a crash) never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
