@@ -2,9 +2,10 @@
 
 Two sets, named like SlimPajama's ``meta.redpajama_set_name``:
 
-- ``PythonStdlibSource``: the standard library's ``*.py`` files (below
+- ``PythonStdlibSource``: the standard library's non-empty ``*.py`` files (below
   ``sysconfig.get_paths()["stdlib"]``, without site-packages and without
-  ``pydoc_data/topics.py``, which is the other set in Python syntax).
+  ``pydoc_data/topics.py``, which is the other set in Python syntax). The few files
+  that are not UTF-8 (deliberately, in the test suite) are skipped and counted.
 - ``PythonDocs``: the documentation topics of ``pydoc_data.topics.topics``.
 
 Order: each set sorted by name, shuffled with a fixed seed, then the two interleaved
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import sysconfig
 from dataclasses import dataclass
@@ -58,10 +60,14 @@ def stdlib_root() -> Path:
 
 def stdlib_entries(root: Path) -> list[Entry]:
     keys = []
-    for path in root.rglob("*.py"):
-        relative = path.relative_to(root)
-        if _EXCLUDED_DIRS.isdisjoint(relative.parts[:-1]) and relative.as_posix() not in _EXCLUDED_FILES:
-            keys.append(relative.as_posix())
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in _EXCLUDED_DIRS]  # never walk site-packages
+        for name in files:
+            path = Path(folder, name)
+            key = path.relative_to(root).as_posix()
+            # empty __init__.py files are not documents, nor bad records
+            if name.endswith(".py") and key not in _EXCLUDED_FILES and path.stat().st_size > 0:
+                keys.append(key)
     return [Entry(STDLIB_SET, key) for key in sorted(keys)]
 
 

@@ -8,6 +8,7 @@ with a status that says so: FINISHED, KILLED or FAILED.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import secrets
@@ -104,7 +105,8 @@ class ConsoleAndTrackingHooks(LoopHooks):
                  save: Any) -> None:
         self.config, self.tracker, self.viz, self.skips, self.save = config, tracker, viz, skips, save
         self.bar = tqdm(total=config.train.max_chunks, desc="train", unit="step", dynamic_ncols=True,
-                        file=sys.stderr, mininterval=1.0)
+                        file=sys.stderr, mininterval=1.0,
+                        disable=None)  # no bar when stderr is not a terminal (CI, logs)
         self.skips_logged = 0
 
     def on_step(self, record: TrainingMetrics, sample: dict[str, Any] | None) -> None:
@@ -193,7 +195,8 @@ def _finish(tracker: Any, viz: VisualizationManager, hooks: ConsoleAndTrackingHo
         save(trainer.step)
     viz.close()
     if status == "FINISHED" and hasattr(tracker, "log_model"):
-        tracker.log_model(model)
+        example = np.zeros((1, trainer.config.data.seq_len), dtype=np.int64)  # [1, T] token ids
+        tracker.log_model(copy.deepcopy(model).cpu().eval(), example)
     tracker.finish(status)
     print(f"slimtrack: run {status.lower()} after {trainer.step} steps; files in {output_dir}", file=sys.stderr)
     if tracker.run_id:

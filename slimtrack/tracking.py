@@ -88,6 +88,7 @@ class MlflowTracker:
         self.experiment_id = experiment_id
         self.started_here = started_here
         self.logged_through_step = 0  # steps <= this are already in MLflow (resume)
+        self.retry_attempts = 5  # per delivery, with exponential backoff
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._pending = 0  # ops queued but not yet delivered
         self._pending_lock = threading.Condition()
@@ -185,8 +186,11 @@ class MlflowTracker:
         if self.started_here or status != "FINISHED":
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
-    def log_model(self, model: Any) -> None:
-        """The final model as an MLflow PyTorch model (``runs:/<id>/model``)."""
+    def log_model(self, model: Any, input_example: Any) -> None:
+        """The final model as an MLflow PyTorch model (``runs:/<id>/model``).
+
+        Saved in the 'pt2' (torch.export) format: loading it runs no pickled code.
+        """
         import mlflow.pytorch
         import torch
 
@@ -194,7 +198,8 @@ class MlflowTracker:
         try:
             # log_model needs an active run; this one is ours already (end status is set in finish).
             with mlflow.start_run(run_id=self.run_id):
-                mlflow.pytorch.log_model(model, name="model",
+                mlflow.pytorch.log_model(model, name="model", serialization_format="pt2",
+                                         input_example=input_example,
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
             log.error("mlflow: could not log the final model: %s", exc)
@@ -256,8 +261,9 @@ class MlflowTracker:
                              f"{len(batch)} metric points")
         self._done(op_count)
 
-    def _with_retry(self, fn: Callable[[], Any] | None, description: str, attempts: int = 5) -> None:
+    def _with_retry(self, fn: Callable[[], Any] | None, description: str) -> None:
         """Retry a delivery with backoff; a lost artifact is logged, never raised into training."""
+        attempts = self.retry_attempts
         delay = 0.5
         for attempt in range(1, attempts + 1):
             try:

@@ -10,6 +10,7 @@ all of it up from a Config.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ class SlimPajamaTrainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         self.optimizer.step()
         by_source = loss_by_source(row_loss.cpu(), chunk.sources[:, 1:].reshape(-1), self.source_names())
-        return StepResult(float(loss), float(accuracy), float(grad_norm), by_source, sample)
+        return StepResult(float(loss.detach()), float(accuracy), float(grad_norm), by_source, sample)
 
     def _sample(self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> dict[str, Any]:
         """Decoded input and the model's next-token predictions for one row (before the loss
@@ -216,8 +217,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_output_dir(run_name: str) -> Path:
-    """outputs/<timestamp>-<run name>[-N]: two runs never share a folder."""
-    base = Path("outputs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_name}"
+    """$SLIMTRACK_OUTPUT_ROOT (default ./outputs)/<timestamp>-<run name>[-N]: two runs never
+    share a folder."""
+    root = Path(os.environ.get("SLIMTRACK_OUTPUT_ROOT", "outputs"))
+    base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_name}"
     candidate, n = base, 1
     while candidate.exists():
         n += 1

@@ -100,7 +100,8 @@ def write_raw_zst(path: Path, payload: bytes) -> Path:
     """Compress arbitrary bytes (e.g. a JSON-lines file with a broken line) to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(zstandard.ZstdCompressor(level=3).compress(payload))
+    # with a checksum, like the zstd command line (and so SlimPajama's files) writes by default
+    path.write_bytes(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(payload))
     return path
 
 

@@ -1,0 +1,270 @@
+"""Corpora -> documents -> token stream -> chunks (one chunk = one optimizer step).
+
+A dataset is named by one string:
+
+- ``"embedded"`` (the default): Python's own sources and docs, no network (see embedded.py).
+- a local path: a SlimPajama tree (``train/chunkN/example_train_M.jsonl.zst``,
+  ``validation/chunkN/example_holdout_M.jsonl.zst``), one split folder of it, a folder of
+  ``.jsonl`` / ``.jsonl.zst`` / ``.parquet`` files, or one such file.
+- a hub id (``owner/name`` that is not an existing path), e.g. ``cerebras/SlimPajama-627B``,
+  streamed with ``datasets``.
+
+Held-out validation for local data: when the dataset has no ``validation/`` folder (a
+single file, a folder of files, a split folder), the documents whose text hash falls in
+a fixed ~2% bucket form "validation" and are left out of "train", so the two never
+overlap. Such a carved validation split may be empty for datasets under ~50 documents.
+
+Bad records are skipped and counted in a SkipStats (see readers.py); a split with no
+usable document at all raises DataError when its end is reached, which for an empty
+dataset is before the first chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from slimtrack.embedded import iter_embedded
+from slimtrack.errors import DataError, UserError
+from slimtrack.hub import hub_offline_reason
+from slimtrack.readers import Document, Shard, SkipStats, data_files_under, read_files
+
+__all__ = ["Chunk", "ChunkStream", "Document", "SkipStats", "iter_documents", "make_chunks", "validate_dataset"]
+
+EMBEDDED = "embedded"
+HELD_OUT_BUCKETS = 50  # 1 bucket in 50 = 2% of documents
+OFFLINE_OPTIONS = "use --dataset embedded, or a local SlimPajama folder, .jsonl.zst, .jsonl or .parquet file"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ---------------------------------------------------------------- documents
+
+
+def iter_documents(dataset: str, split: str, skips: SkipStats, *, rank: int = 0,
+                   world_size: int = 1) -> Iterator[Document]:
+    """The usable documents of one split, in a fixed order; with DDP, rank's share only.
+
+    With ``world_size > 1`` rank r reads raw records i with i % world_size == r: the shares
+    are disjoint and together cover the split. Bad records are counted into ``skips``.
+    """
+    shard = Shard(rank, world_size)
+    documents, may_be_empty = _open_split(dataset, split, skips, shard)  # a bad name fails here, at once
+    return _nonempty(documents, may_be_empty, f"dataset {dataset!r} has no usable documents in split {split!r}", skips)
+
+
+def _nonempty(documents: Iterator[Document], may_be_empty: bool, message: str, skips: SkipStats) -> Iterator[Document]:
+    """Pass documents through; at the end, DataError if there were none (unless allowed)."""
+    count = 0
+    for document in documents:
+        count += 1
+        yield document
+    if count == 0 and not may_be_empty:
+        raise DataError(message + (f"; {skips.summary()}" if skips.total else ""))
+
+
+def _open_split(dataset: str, split: str, skips: SkipStats, shard: Shard) -> tuple[Iterator[Document], bool]:
+    """The documents of a split, and whether that split is allowed to be empty (carved validation)."""
+    if dataset == EMBEDDED:
+        if split not in ("train", "validation"):
+            raise UserError(f"the embedded corpus has splits 'train' and 'validation', not {split!r}")
+        return iter_embedded(split, skips, shard), False
+    path = Path(dataset).expanduser()
+    if path.exists():
+        files, keep = _local_split(path, split)
+        return read_files(files, skips, shard, keep), split == "validation" and keep is not None
+    if looks_like_hub_id(dataset):
+        _require_hub(dataset)
+        return _iter_hub(dataset, split, skips, shard), False
+    raise UserError(f"dataset {dataset!r}: no such file or folder; {OFFLINE_OPTIONS}, or a hub id owner/name")
+
+
+def _local_split(path: Path, split: str) -> tuple[list[Path], Callable[[Document], bool] | None]:
+    """The files of a split and, when validation is carved out of train, the filter to apply."""
+    is_tree = path.is_dir() and (path / "train").is_dir()  # a SlimPajama root: train/, validation/, test/
+    has_validation = is_tree and (path / "validation").is_dir()
+    if is_tree and (path / split).is_dir() and (split != "train" or has_validation):
+        return _data_files(path / split, path), None
+    if split not in ("train", "validation"):
+        raise UserError(f"dataset {str(path)!r} has no {split!r} split; it has 'train' and 'validation'")
+    files = _data_files(path / "train" if is_tree else path, path)
+    want_held_out = split == "validation"
+    return files, lambda document: is_held_out(document) == want_held_out
+
+
+def _data_files(folder: Path, dataset: Path) -> list[Path]:
+    files = data_files_under(folder)
+    if not files:
+        raise DataError(f"dataset {str(dataset)!r}: no .jsonl, .jsonl.zst or .parquet files in {str(folder)!r}")
+    return files
+
+
+def is_held_out(document: Document) -> bool:
+    """Whether a document belongs to the carved ~2% validation share (stable across runs)."""
+    digest = hashlib.blake2b(document.text.encode("utf-8", errors="replace"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % HELD_OUT_BUCKETS == 0
+
+
+def looks_like_hub_id(dataset: str) -> bool:
+    return bool(_HUB_ID.match(dataset)) and not Path(dataset).expanduser().exists()
+
+
+def _iter_hub(dataset: str, split: str, skips: SkipStats, shard: Shard) -> Iterator[Document]:
+    import datasets
+
+    from slimtrack.readers import document_from_record
+
+    label = f"hf://datasets/{dataset}/{split}"
+    try:
+        records = datasets.load_dataset(dataset, split=split, streaming=True)
+        for record in records:
+            if not shard.take():
+                continue
+            document = document_from_record(record)
+            if isinstance(document, str):
+                skips.add(document, label)
+            else:
+                yield document
+    except Exception as exc:  # network drops, unknown split, gated repo: one line, no traceback
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"dataset {dataset!r} ({split}) could not be streamed from the hub: {first_line}") from None
+
+
+def _require_hub(dataset: str) -> None:
+    reason = hub_offline_reason()
+    if reason is not None:
+        raise DataError(f"dataset {dataset!r} is not a local path and the Hugging Face hub is unavailable "
+                        f"({reason}); {OFFLINE_OPTIONS}")
+
+
+def validate_dataset(dataset: str) -> None:
+    """A cheap check for the CLI: the dataset can be opened (files exist, hub reachable)."""
+    if dataset == EMBEDDED:
+        return
+    path = Path(dataset).expanduser()
+    if path.exists():
+        _local_split(path, "train")
+    elif looks_like_hub_id(dataset):
+        _require_hub(dataset)
+    else:
+        raise UserError(f"dataset {dataset!r}: no such file or folder; {OFFLINE_OPTIONS}, or a hub id owner/name")
+
+
+# ---------------------------------------------------------------- chunks
+
+
+@dataclass
+class Chunk:
+    index: int  # 0-based position in the stream (one chunk = one optimizer step)
+    tokens: torch.Tensor  # [B, T+1] int64; inputs tokens[:, :-1], targets tokens[:, 1:]
+    sources: torch.Tensor  # [B, T+1] int64 index into ChunkStream.source_names
+
+
+class ChunkStream:
+    """Documents -> tokens (EOS after each document) -> chunks of B rows of T+1 tokens.
+
+    The flat token stream is cut into consecutive, non-overlapping rows of T+1 tokens:
+    row b+1 continues where row b ends, and row 0 of chunk k+1 where row B-1 of chunk k
+    ends. Each token carries its document's source id (EOS the id of the document it
+    ends). Documents are tokenised lazily, in order; the tokens that do not fill a last
+    complete chunk are dropped.
+
+    The stream is consumed once: iterating again continues where it stopped, and
+    ``skip(n)`` drops the next n chunks (resume). ``max_chunks`` ends the stream once
+    chunk index ``max_chunks - 1`` has been produced or skipped.
+    """
+
+    def __init__(self, documents: Iterable[Document], tokenizer, batch_size: int, seq_len: int,
+                 *, max_chunks: int | None = None):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
+        self.batch_size, self.seq_len, self.max_chunks = batch_size, seq_len, max_chunks
+        self.source_names: list[str] = []
+        self.documents_read = 0
+        self.tokens_read = 0
+        self._documents = iter(documents)
+        self._encode = getattr(tokenizer, "encode_array", None) or (lambda text: np.asarray(tokenizer.encode(text)))
+        self._eos = np.array([tokenizer.eos_id], dtype=np.int64)
+        self._source_ids: dict[str, int] = {}
+        self._pending: deque[tuple[np.ndarray, int]] = deque()  # (tokens, source id) pieces in order
+        self._pending_tokens = 0
+        self._next_index = 0
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.batch_size * (self.seq_len + 1)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        while self._has_next():
+            tokens, sources = self._take(self.tokens_per_chunk)
+            shape = (self.batch_size, self.seq_len + 1)
+            chunk = Chunk(self._next_index, torch.from_numpy(tokens).view(shape), torch.from_numpy(sources).view(shape))
+            self._next_index += 1
+            yield chunk
+
+    def skip(self, n: int) -> None:
+        """Advance past the next n chunks exactly as iterating would, without building them."""
+        for _ in range(n):
+            if not self._has_next():
+                return
+            self._take(self.tokens_per_chunk, build=False)
+            self._next_index += 1
+
+    def _has_next(self) -> bool:
+        if self.max_chunks is not None and self._next_index >= self.max_chunks:
+            return False
+        while self._pending_tokens < self.tokens_per_chunk:
+            document = next(self._documents, None)
+            if document is None:
+                return False
+            self._push(document)
+        return True
+
+    def _push(self, document: Document) -> None:
+        source_id = self._source_ids.get(document.source)
+        if source_id is None:
+            source_id = self._source_ids[document.source] = len(self.source_names)
+            self.source_names.append(document.source)
+        tokens = self._encode(document.text)
+        self._pending.append((tokens, source_id))
+        self._pending.append((self._eos, source_id))
+        self._pending_tokens += len(tokens) + 1
+        self.documents_read += 1
+        self.tokens_read += len(tokens) + 1
+
+    def _take(self, count: int, build: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Remove the next ``count`` tokens from the front of the pending pieces."""
+        token_parts, source_ids, lengths = [], [], []
+        needed = count
+        while needed:
+            tokens, source_id = self._pending[0]
+            if len(tokens) <= needed:
+                self._pending.popleft()
+            else:  # a view, so a long document is never copied more than once
+                self._pending[0] = (tokens[needed:], source_id)
+                tokens = tokens[:needed]
+            token_parts.append(tokens)
+            source_ids.append(source_id)
+            lengths.append(len(tokens))
+            needed -= len(tokens)
+        self._pending_tokens -= count
+        if not build:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        tokens = np.concatenate(token_parts).astype(np.int64, copy=False)
+        sources = np.repeat(np.asarray(source_ids, dtype=np.int64), lengths)
+        return tokens, sources
+
+
+def make_chunks(dataset: str, split: str, tokenizer, batch_size: int, seq_len: int, *,
+                max_chunks: int | None = None, rank: int = 0, world_size: int = 1) -> tuple[ChunkStream, SkipStats]:
+    """The chunk stream of a dataset split and the SkipStats it fills while being read."""
+    skips = SkipStats()
+    documents = iter_documents(dataset, split, skips, rank=rank, world_size=world_size)
+    return ChunkStream(documents, tokenizer, batch_size, seq_len, max_chunks=max_chunks), skips
+

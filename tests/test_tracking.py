@@ -1,0 +1,98 @@
+"""MlflowTracker against a real sqlite-backed MLflow store (no mocks)."""
+
+import json
+import threading
+
+import numpy as np
+from mlflow import MlflowClient
+
+from slimtrack.metrics import TrainingMetrics
+from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, redact_uri
+
+
+def record(step: int) -> TrainingMetrics:
+    return TrainingMetrics(step=step, loss=10.0 / step, accuracy=step / 1000, tokens_per_sec=100.0 + step,
+                           learning_rate=1e-3, timestamp=1_700_000_000 + step,
+                           loss_by_source={"PythonDocs": 1.0})
+
+
+def test_every_record_lands_once_per_step(mlflow_store):
+    tracker = MlflowTracker.start("exp-a", "run-a", {"slimtrack.device": "cpu"})
+    main_thread = threading.get_ident()
+    for step in range(1, 301):
+        tracker.log_record(record(step))  # returns at once; the worker batches
+    assert threading.get_ident() == main_thread
+    tracker.finish("FINISHED")
+
+    client = MlflowClient()
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["slimtrack.device"] == "cpu"
+    for key in ("loss", "accuracy", "tokens_per_sec", "learning_rate", "gpu_memory_mb",
+                "loss_by_source/PythonDocs"):
+        steps = [m.step for m in client.get_metric_history(tracker.run_id, key)]
+        assert sorted(steps) == list(range(1, 301)), key
+    experiment = client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == EXPERIMENT_KIND
+
+
+def test_params_never_clash_with_existing_ones(mlflow_store):
+    client = MlflowClient()
+    exp = client.create_experiment("exp-b")
+    run_id = client.create_run(exp).info.run_id
+    client.log_param(run_id, "max_chunks", "100")  # what `mlflow run -P` logs itself
+    import os
+    os.environ["MLFLOW_RUN_ID"] = run_id
+    try:
+        tracker = MlflowTracker.start("ignored", "", {})
+        tracker.log_params({"max_chunks": "100.0", "train.lr": "0.001"})
+        tracker.finish("FINISHED")
+    finally:
+        del os.environ["MLFLOW_RUN_ID"]
+    params = client.get_run(run_id).data.params
+    assert params == {"max_chunks": "100", "train.lr": "0.001"}
+    assert tracker.started_here is False
+
+
+def test_resume_never_relogs_a_step(mlflow_store):
+    tracker = MlflowTracker.start("exp-c", "r", {})
+    for step in (1, 2, 3):
+        tracker.log_record(record(step))
+    tracker.logged_through_step = 3
+    for step in (2, 3, 4):
+        tracker.log_record(record(step))
+    tracker.finish()
+    steps = [m.step for m in MlflowClient().get_metric_history(tracker.run_id, "loss")]
+    assert sorted(steps) == [1, 2, 3, 4]
+
+
+def test_artifacts_images_and_tables(mlflow_store, tmp_path):
+    tracker = MlflowTracker.start("exp-d", "r", {})
+    table = tmp_path / "text_samples.json"
+    table.write_text(json.dumps({"columns": ["step", "input"], "data": [[1, "hi"]]}))
+    tracker.log_table_file(table, "training_viz")
+    tracker.log_image(np.zeros((8, 8, 3), dtype=np.uint8), key="training_dashboard", step=5)
+    tracker.finish()
+    client = MlflowClient()
+    names = {a.path for a in client.list_artifacts(tracker.run_id, "training_viz")}
+    assert "training_viz/text_samples.json" in names
+    tag = json.loads(client.get_run(tracker.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "training_viz/text_samples.json", "type": "table"} in tag
+    image_files = [a.path for a in client.list_artifacts(tracker.run_id, "images")]
+    assert any("training_dashboard" in p and "+step+5+" in p for p in image_files), image_files
+
+
+def test_a_failing_store_never_raises_into_training(mlflow_store):
+    tracker = MlflowTracker.start("exp-e", "r", {})
+    tracker.run_id = "no-such-run"  # every delivery now fails on the worker thread
+    tracker.retry_attempts = 2  # keeps this test quick
+    tracker.log_record(record(1))
+    assert tracker.flush(timeout=30)
+
+
+def test_redact_uri_and_null_tracker():
+    assert redact_uri("http://bob:s3cret@host:5000/x") == "http://host:5000/x"
+    assert redact_uri("sqlite:///tmp/m.db") == "sqlite:///tmp/m.db"
+    null = NullTracker()
+    null.log_record(record(1))
+    assert null.flush() and null.run_id is None

@@ -1,0 +1,157 @@
+"""End to end: the CLI trains and leaves a complete run in a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import REPO, run_cli
+from slimpajama_fixture import SET_NAMES, make_slimpajama_tree
+from slimtrack.cli import main
+
+pytestmark = pytest.mark.slow
+
+PER_STEP_KEYS = ("loss", "accuracy", "tokens_per_sec", "learning_rate", "gpu_memory_mb", "grad_norm",
+                 "step_time_ms", "tokens_seen")
+
+
+def only_run(client: MlflowClient, experiment: str = "slimtrack"):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def assert_one_point_per_step(client: MlflowClient, run_id: str, steps: int, keys=PER_STEP_KEYS) -> None:
+    for key in keys:
+        logged = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert logged == list(range(1, steps + 1)), f"{key}: {logged}"
+
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory):
+    """One `--test` run with dashboards every 10 steps (shared by the checks below)."""
+    work = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    result = run_cli("train", "--test", "--max-chunks", "30", "--viz-interval", "10", "--output-dir",
+                     str(work / "out"), cwd=work, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work, uri, result
+
+
+def test_run_has_every_record_once_per_step(test_run):
+    work, uri, result = test_run
+    client = MlflowClient(uri)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert_one_point_per_step(client, run.info.run_id, 30)
+    by_source = [k for k in run.data.metrics if k.startswith("loss_by_source/")]
+    assert {"loss_by_source/PythonStdlibSource", "loss_by_source/PythonDocs"} & set(by_source)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [10, 20, 30]
+    assert run.data.params["train.max_chunks"] == "30" and run.data.params["preset"] == "test"
+    assert run.data.tags["slimtrack.kernels"] == "native"
+    assert "torch.version" in run.data.tags
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_id in result.stderr and "workflowType=machine_learning" in result.stderr
+    assert "step 30 | loss" in result.stderr
+
+
+def test_run_has_dashboards_exports_checkpoint_and_model(test_run):
+    work, uri, _ = test_run
+    client = MlflowClient(uri)
+    run_id = only_run(client).info.run_id
+    viz = {Path(a.path).name for a in client.list_artifacts(run_id, "training_viz")}
+    for name in ("training_step_000010.png", "training_step_000020.png", "training_step_000030.png",
+                 "training_latest.png", "metrics_history.json", "text_samples.json"):
+        assert name in viz, viz
+    local = work / "out" / "training_viz"
+    history = json.loads((local / "metrics_history.json").read_text())
+    assert [row["step"] for row in history] == list(range(1, 31))
+    samples = json.loads((local / "text_samples.json").read_text())
+    assert samples["columns"] == ["step", "input", "output", "accuracy"] and samples["data"]
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    for step in (10, 20, 30):
+        assert any(f"training_dashboard+step+{step}+" in p and p.endswith(".png") for p in images), step
+    assert [Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")] == ["step_000030.pt"]
+    assert (work / "out" / "checkpoints" / "step_000030.pt").is_file()
+    assert client.search_logged_models([only_run(client).info.experiment_id])
+
+
+def test_training_on_a_slimpajama_tree(tmp_path, mlflow_store):
+    data = make_slimpajama_tree(tmp_path / "SlimPajama", n_chunks=3, files_per_chunk=2, docs_per_file=40)
+    code = main(["train", "--test", "--max-chunks", "6", "--batch-size", "4", "--seq-len", "32",
+                 "--dataset", str(data), "--output-dir", str(tmp_path / "out"), "--kernels", "torch"])
+    assert code == 0
+    client = MlflowClient()
+    run = only_run(client)
+    assert_one_point_per_step(client, run.info.run_id, 6, keys=("loss", "accuracy"))
+    sets = {k.split("/", 1)[1] for k in run.data.metrics if k.startswith("loss_by_source/")}
+    assert sets and sets <= set(SET_NAMES)
+    assert run.data.tags["slimtrack.dataset"] == str(data)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--max-chunks", "0"], "--max-chunks"),
+    (["train", "--viz-interval", "-5"], "--viz-interval"),
+    (["train", "--checkpoint-interval", "abc"], "--checkpoint-interval"),
+    (["train", "--preset", "huge"], "--preset"),
+    (["train", "--kernels", "fortran"], "--kernels"),
+    (["train", "--test", "--seq-len", "4096"], "context"),
+    (["train", "--dataset", "/no/such/folder"], "no/such/folder"),
+    (["train", "--tokenizer", "/no/such/tokenizer.json"], "tokenizer"),
+    (["train", "--test", "maybe"], "--test"),
+    (["train", "--bogus"], "unrecognized"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_invalid_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("slimtrack: error:") and fragment in err
+
+
+def test_unwritable_output_dir_is_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", "--test", "--output-dir", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_exit_status_2_from_the_real_command(tmp_path):
+    result = run_cli("train", "--max-chunks", "-1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_mlflow_run_with_local_env_manager(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "SLIMTRACK_OUTPUT_ROOT": str(tmp_path / "outputs"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+                             "-P", "max_chunks=12", "-P", "test=true", "-P", "viz_interval=6",
+                             "--experiment-name", "mlproject"],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(uri)
+    run = only_run(client, "mlproject")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["max_chunks"] == "12" and run.data.params["test"] == "true"
+    assert run.data.params["train.max_chunks"] == "12" and run.data.params["preset"] == "test"
+    assert_one_point_per_step(client, run.info.run_id, 12, keys=("loss", "accuracy", "learning_rate"))
+
+
+def test_conda_yaml_converts_to_a_pip_environment():
+    from mlflow.utils.environment import _PythonEnv
+
+    env = _PythonEnv.from_conda_yaml(str(REPO / "conda.yaml"))
+    assert env.python.startswith("3.")
+    names = {d.split(">")[0].split("=")[0] for d in env.dependencies}
+    assert {"torch", "mlflow", "matplotlib", "pandas", "datasets", "numba"} <= names
