@@ -78,6 +78,9 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="slimtrack", description="Train a GPT on SlimPajama and watch it learn in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_arguments(sub.add_parser("train", help="train a model (the main job)"))
+    report = sub.add_parser("report", help="rebuild a run's dashboard from the tracking store")
+    report.add_argument("run_id", help="MLflow run id (finished, failed or killed)")
+    report.add_argument("--out", help="PNG to write (default: dashboard-<id>.png)")
     return parser
 
 
@@ -127,7 +130,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return {"FINISHED": EXIT_OK, "KILLED": EXIT_INTERRUPTED}.get(outcome.status, EXIT_FAILED)
 
 
-COMMANDS = {"train": cmd_train}
+def cmd_report(args: argparse.Namespace) -> int:
+    from slimtrack.analysis import build_report
+
+    path = build_report(args.run_id, Path(args.out) if args.out else None)
+    print(f"slimtrack: wrote {path}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,15 +26,18 @@ import re
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from slimtrack.embedded import iter_embedded
 from slimtrack.errors import DataError, UserError
 from slimtrack.hub import hub_offline_reason
-from slimtrack.readers import Document, Shard, SkipStats, data_files_under, read_files
+from slimtrack.readers import Document, Shard, SkipStats, data_files_under, document_from_record, read_files
+from slimtrack.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch is imported where chunks are built, so the CLI's early checks stay fast
+    import torch
 
 __all__ = ["Chunk", "ChunkStream", "Document", "SkipStats", "iter_documents", "make_chunks", "validate_dataset"]
 
@@ -116,9 +119,7 @@ def looks_like_hub_id(dataset: str) -> bool:
 
 
 def _iter_hub(dataset: str, split: str, skips: SkipStats, shard: Shard) -> Iterator[Document]:
-    import datasets
-
-    from slimtrack.readers import document_from_record
+    import datasets  # imported here: a second of start-up that only hub datasets need
 
     label = f"hf://datasets/{dataset}/{split}"
     try:
@@ -180,7 +181,7 @@ class ChunkStream:
     chunk index ``max_chunks - 1`` has been produced or skipped.
     """
 
-    def __init__(self, documents: Iterable[Document], tokenizer, batch_size: int, seq_len: int,
+    def __init__(self, documents: Iterable[Document], tokenizer: Tokenizer, batch_size: int, seq_len: int,
                  *, max_chunks: int | None = None):
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
@@ -201,6 +202,8 @@ class ChunkStream:
         return self.batch_size * (self.seq_len + 1)
 
     def __iter__(self) -> Iterator[Chunk]:
+        import torch
+
         while self._has_next():
             tokens, sources = self._take(self.tokens_per_chunk)
             shape = (self.batch_size, self.seq_len + 1)
@@ -261,7 +264,7 @@ class ChunkStream:
         return tokens, sources
 
 
-def make_chunks(dataset: str, split: str, tokenizer, batch_size: int, seq_len: int, *,
+def make_chunks(dataset: str, split: str, tokenizer: Tokenizer, batch_size: int, seq_len: int, *,
                 max_chunks: int | None = None, rank: int = 0, world_size: int = 1) -> tuple[ChunkStream, SkipStats]:
     """The chunk stream of a dataset split and the SkipStats it fills while being read."""
     skips = SkipStats()
