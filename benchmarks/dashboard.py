@@ -5,7 +5,9 @@
 
 Build (``build_dashboard``) and savefig (PNG into memory) are timed separately, median of
 3, on synthetic but realistic metrics: a decaying noisy loss, rising accuracy, noisy
-throughput, a warmup + cosine learning rate, and 5 text samples.
+throughput, a warmup + cosine learning rate, and 5 text samples. A naive dashboard (every
+point plotted, tight_layout, default ticks) runs side by side as the baseline, so the
+ratio column holds even on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -20,23 +22,25 @@ import time
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from slimtrack.plots import build_dashboard, save_png
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 REPEATS = 3
+NAIVE_MAX_STEPS = 100_000  # the naive baseline takes ~20 s a render at 1M steps
 
 
 def synthetic_metrics(n_steps: int, seed: int = 0) -> pd.DataFrame:
     """A run of ``n_steps`` TrainingMetrics rows that looks like a real one."""
     rng = np.random.default_rng(seed)
     step = np.arange(1, n_steps + 1)
-    progress = step / n_steps
     loss = 2.2 + 8.6 * np.exp(-step / max(n_steps / 8, 1)) + rng.normal(0, 0.12, n_steps)
     accuracy = np.clip(0.05 + 0.5 * (1 - np.exp(-step / max(n_steps / 6, 1))) + rng.normal(0, 0.02, n_steps), 0, 1)
     tokens_per_sec = 48_000 + rng.normal(0, 2_500, n_steps) - 9_000 * (rng.random(n_steps) < 0.01)
     warmup = max(n_steps // 20, 1)
-    cosine = 6e-5 + 0.5 * (6e-4 - 6e-5) * (1 + np.cos(np.pi * np.clip((step - warmup) / (n_steps - warmup), 0, 1)))
+    cosine = 6e-5 + 0.5 * (6e-4 - 6e-5) * (1 + np.cos(np.pi * np.clip((step - warmup) / max(n_steps - warmup, 1), 0, 1)))
     learning_rate = np.where(step < warmup, 6e-4 * step / warmup, cosine)
     val_loss = np.where(step % max(n_steps // 20, 1) == 0, loss - 0.05, np.nan)
     return pd.DataFrame({
@@ -50,7 +54,6 @@ def synthetic_metrics(n_steps: int, seed: int = 0) -> pd.DataFrame:
         "step_time_ms": 250 + rng.normal(0, 10, n_steps),
         "tokens_seen": step * 12_288,
         "val_loss": val_loss,
-        "progress": progress,
     })
 
 
@@ -70,31 +73,67 @@ def synthetic_samples(last_step: int) -> list[dict]:
     ]
 
 
-def _time_once(frame: pd.DataFrame, samples: list[dict]) -> tuple[float, float]:
+def naive_dashboard(frame: pd.DataFrame, samples: list[dict]) -> Figure:
+    """The baseline: the same seven charts with every point plotted and tight_layout."""
+    df = frame.sort_values("step").drop_duplicates("step", keep="last")
+    step, loss, accuracy = df["step"], df["loss"], 100 * df["accuracy"]
+    fig = Figure(figsize=(18, 12), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(3, 3)
+    axes = [fig.add_subplot(grid[i // 3, i % 3]) for i in range(6)] + [fig.add_subplot(grid[2, :])]
+    for ax, values, colour in ((axes[0], loss, "tab:blue"), (axes[1], accuracy, "tab:green")):
+        ax.plot(step, values, color=colour, alpha=0.4)
+        ax.plot(step, values.rolling(50, min_periods=1).mean(), lw=2)
+    axes[1].set_ylim(0, 100)
+    axes[2].plot(step, df["tokens_per_sec"], color="tab:purple")
+    axes[3].plot(step, df["learning_rate"].where(df["learning_rate"] > 0), color="tab:orange")
+    axes[3].set_yscale("log")
+    fig.colorbar(axes[4].scatter(loss, accuracy, c=step, s=8), ax=axes[4], label="step")
+    recent = df[step > step.iloc[-1] - 500]
+    axes[5].plot(recent["step"], recent["loss"])
+    axes[5].twinx().plot(recent["step"], 100 * recent["accuracy"], color="tab:green")
+    for ax, title in zip(axes, ("loss", "accuracy", "throughput", "lr", "loss vs accuracy", "recent", "samples")):
+        ax.set(title=title, xlabel="step", ylabel=title)
+    axes[6].axis("off")
+    rows = [[s["step"], s["input"][:60], s["output"][:60], f"{100 * s['accuracy']:.1f} %"] for s in samples[-5:]]
+    axes[6].table(cellText=rows, colLabels=["step", "input", "output", "accuracy"], loc="center")
+    fig.tight_layout()
+    return fig
+
+
+def _time_once(build, frame: pd.DataFrame, samples: list[dict]) -> tuple[float, float]:
     start = time.perf_counter()
-    fig = build_dashboard(frame, samples)
+    fig = build(frame, samples)
     built = time.perf_counter()
     save_png(fig, io.BytesIO())
     return built - start, time.perf_counter() - built
 
 
-def render_times(sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> str:
-    """Markdown table: build, savefig and total seconds (median of ``repeats``) per run length."""
+def render_times(sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS, naive_max_steps: int = NAIVE_MAX_STEPS) -> str:
+    """Markdown table: build, savefig and total seconds (median of ``repeats``) per run length,
+    beside the naive baseline's total, measured interleaved in the same process."""
     lines = [
-        f"Dashboard render time, median of {repeats} ({platform.machine()}, {platform.processor() or platform.system()}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, {datetime.date.today().isoformat()})",
+        f"Dashboard render time in seconds, median of {repeats} ({platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, Python {platform.python_version()}, "
+        f"{datetime.date.today().isoformat()})",
         "",
-        "| steps | build (s) | savefig (s) | total (s) |",
-        "|------:|----------:|------------:|----------:|",
+        "| steps | build | savefig | total | naive total | naive / total |",
+        "|------:|------:|--------:|------:|------------:|--------------:|",
     ]
-    _time_once(synthetic_metrics(100), synthetic_samples(100))  # warm up imports and font caches
+    for build in (build_dashboard, naive_dashboard):  # warm up imports and font caches
+        _time_once(build, synthetic_metrics(100), synthetic_samples(100))
     for n_steps in sizes:
         frame, samples = synthetic_metrics(n_steps), synthetic_samples(n_steps)
-        runs = [_time_once(frame, samples) for _ in range(repeats)]
+        runs, naive = [], []
+        for _ in range(repeats):
+            runs.append(_time_once(build_dashboard, frame, samples))
+            if n_steps <= naive_max_steps:
+                naive.append(sum(_time_once(naive_dashboard, frame, samples)))
         build = statistics.median(b for b, _ in runs)
         save = statistics.median(s for _, s in runs)
         total = statistics.median(b + s for b, s in runs)
-        lines.append(f"| {n_steps:,} | {build:.3f} | {save:.3f} | {total:.3f} |")
+        baseline = f"{statistics.median(naive):.3f} | {statistics.median(naive) / total:.1f}x" if naive else "— | —"
+        lines.append(f"| {n_steps:,} | {build:.3f} | {save:.3f} | {total:.3f} | {baseline} |")
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ def adamw_scalars(lr: float, beta1: float, beta2: float, eps: float, weight_deca
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     return (1 - lr * weight_decay, 1 - beta1, beta2, 1 - beta2,
-            lr / bias_correction1, math.sqrt(bias_correction2), eps)
+            lr / bias_correction1, 1 / math.sqrt(bias_correction2), eps)
 
 
 def adamw_reference_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
@@ -60,6 +60,47 @@ def warmup() -> None:
     adamw_cpu.warmup()
 
 
+class _Slot:
+    """What step() needs of one parameter, checked once and reused while valid.
+
+    The kernels write through raw addresses, so every tensor here was checked to be
+    contiguous float32 of the parameter's size on its device. A slot is rebuilt
+    when the parameter's storage or any of its state tensors is replaced
+    (``p.data = ...``, ``load_state_dict``).
+    """
+
+    __slots__ = ("step_t", "exp_avg", "exp_avg_sq", "device", "param_ptr", "numel", "step")
+
+    def __init__(self, p: torch.Tensor, state: dict[str, Any]) -> None:
+        if p.dtype != torch.float32 or not p.is_contiguous():
+            raise ValueError(f"FusedAdamW needs contiguous float32 parameters, got {p.dtype} "
+                             f"with strides {p.stride()}")
+        if len(state) == 0:  # torch's layout: moments shaped like p
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        step_t = state["step"]
+        # The host int is the truth for bias corrections; read the tensor once here.
+        self.step = int(step_t.item())
+        if step_t.dtype != torch.float32 or step_t.device.type != "cpu" or step_t.dim() != 0:
+            # e.g. a torch fused/capturable state dict put it on the device: our step
+            # lives on the CPU like torch's default AdamW, so updating it never syncs.
+            step_t = state["step"] = torch.tensor(float(self.step), dtype=torch.float32)
+        for name in ("exp_avg", "exp_avg_sq"):
+            t = state[name]
+            if (t.shape != p.shape or t.dtype != torch.float32 or t.device != p.device
+                    or not t.is_contiguous()):
+                raise ValueError(f"FusedAdamW state {name!r} ({t.dtype}, {tuple(t.shape)}, "
+                                 f"{t.device}) does not match its parameter "
+                                 f"({tuple(p.shape)}, {p.device})")
+        self.step_t, self.exp_avg, self.exp_avg_sq = step_t, state["exp_avg"], state["exp_avg_sq"]
+        self.device, self.param_ptr, self.numel = p.device, p.data_ptr(), p.numel()
+
+    def valid_for(self, p: torch.Tensor, state: dict[str, Any]) -> bool:
+        return (state.get("step") is self.step_t and state.get("exp_avg") is self.exp_avg
+                and state.get("exp_avg_sq") is self.exp_avg_sq and p.data_ptr() == self.param_ptr)
+
+
 class _Batch:
     """The tensors of one device for one step, as the kernels' tables (see adamw_cpu)."""
 
@@ -67,9 +108,8 @@ class _Batch:
         self.ptrs: list[tuple[int, int, int, int]] = []
         self.scalars: list[Scalars] = []
         self.numels: list[int] = []
-        self.steps: list[torch.Tensor] = []
+        self.slots: list[_Slot] = []
         self.keep_alive: list[torch.Tensor] = []  # contiguous copies of odd-layout grads
-        self.updates: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (param, step_t, n)
 
 
 class FusedAdamW(torch.optim.Optimizer):
@@ -77,7 +117,9 @@ class FusedAdamW(torch.optim.Optimizer):
 
     Drop-in for ``torch.optim.AdamW(params, lr, betas, eps, weight_decay)`` on float32
     parameters (CPU or CUDA); param groups, ``state_dict``/``load_state_dict`` and
-    closures work as in torch. ``amsgrad`` and ``maximize`` are not supported.
+    closures work as in torch. ``amsgrad`` and ``maximize`` are not supported
+    (NotImplementedError). Edit ``state["step"]`` only through ``load_state_dict``: the
+    optimizer keeps a host copy of it.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
@@ -86,15 +128,13 @@ class FusedAdamW(torch.optim.Optimizer):
                  maximize: bool = False) -> None:
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize)
-        # param -> (its state["step"] tensor, that step as a Python int)
-        self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}
+        self._slots: dict[torch.Tensor, _Slot] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
         try:
-            _check_group(group)
+            _check_group(self.param_groups[-1])
         except Exception:
             self.param_groups.pop()
             raise
@@ -113,49 +153,42 @@ class FusedAdamW(torch.optim.Optimizer):
             eps, weight_decay = group["eps"], group["weight_decay"]
             rows: dict[int, Scalars] = {}  # step -> scalars, shared by the group's tensors
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
-                step_t, n = self._state_for(p)
-                grad = _checked_grad(p)
-                state = self.state[p]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                _check_state(p, exp_avg, "exp_avg")
-                _check_state(p, exp_avg_sq, "exp_avg_sq")
-                if n + 1 not in rows:
-                    rows[n + 1] = adamw_scalars(lr, beta1, beta2, eps, weight_decay, n + 1)
-                batch = batches.setdefault(p.device, _Batch())
-                batch.ptrs.append((p.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-                                   grad.data_ptr()))
-                batch.scalars.append(rows[n + 1])
-                batch.numels.append(p.numel())
-                batch.steps.append(step_t)
-                batch.updates.append((p, step_t, n + 1))
+                slot = self._slot(p)
+                if grad.layout != torch.strided:
+                    raise RuntimeError("FusedAdamW does not support sparse gradients")
+                if not grad.is_contiguous():
+                    grad = grad.contiguous()
+                batch = batches.get(slot.device)
+                if batch is None:
+                    batch = batches[slot.device] = _Batch()
                 if grad is not p.grad:
                     batch.keep_alive.append(grad)
+                n = slot.step + 1
+                if n not in rows:
+                    rows[n] = adamw_scalars(lr, beta1, beta2, eps, weight_decay, n)
+                batch.ptrs.append((slot.param_ptr, slot.exp_avg.data_ptr(),
+                                   slot.exp_avg_sq.data_ptr(), grad.data_ptr()))
+                batch.scalars.append(rows[n])
+                batch.numels.append(slot.numel)
+                batch.slots.append(slot)
         for device, batch in batches.items():
             _launch(device, batch)
-            torch._foreach_add_(batch.steps, 1.0)  # one call for all the step tensors
-            for p, step_t, n in batch.updates:
-                self._host_steps[p] = (step_t, n)
+            for slot in batch.slots:
+                slot.step += 1
+            # The step tensors are CPU float32 scalars (see _Slot): one write for all.
+            adamw_cpu.write_steps(np.array([s.step_t.data_ptr() for s in batch.slots], dtype=np.int64),
+                                  np.array([s.step for s in batch.slots], dtype=np.float32))
         return loss
 
-    def _state_for(self, p: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """(state["step"] tensor, its value as int), creating the state on first use."""
+    def _slot(self, p: torch.Tensor) -> _Slot:
         state = self.state[p]
-        if len(state) == 0:
-            # torch's layout: step on the CPU (a host scalar), moments shaped like p.
-            state["step"] = torch.zeros((), dtype=torch.float32)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        step_t = state["step"]
-        cached = self._host_steps.get(p)
-        if cached is not None and cached[0] is step_t:
-            return cached
-        # New or replaced (load_state_dict) step tensor: read it once. It is a CPU
-        # tensor unless a torch fused/capturable state dict put it on the device.
-        n = int(step_t.item())
-        self._host_steps[p] = (step_t, n)
-        return step_t, n
+        slot = self._slots.get(p)
+        if slot is None or not slot.valid_for(p, state):
+            slot = self._slots[p] = _Slot(p, state)
+        return slot
 
 
 def _launch(device: torch.device, batch: _Batch) -> None:
@@ -192,22 +225,3 @@ def _check_group(group: dict[str, Any]) -> None:
     for p in group["params"]:
         if p.dtype != torch.float32:
             raise TypeError(f"FusedAdamW supports float32 parameters only, got {p.dtype}")
-
-
-def _checked_grad(p: torch.Tensor) -> torch.Tensor:
-    """p.grad as the kernels need it: dense, contiguous, float32 (or a clear error)."""
-    grad = p.grad
-    if grad.is_sparse:
-        raise RuntimeError("FusedAdamW does not support sparse gradients")
-    if p.dtype != torch.float32 or not p.is_contiguous():
-        raise ValueError(f"FusedAdamW needs contiguous float32 parameters, got {p.dtype} "
-                         f"with strides {p.stride()}")
-    return grad if grad.is_contiguous() else grad.contiguous()
-
-
-def _check_state(p: torch.Tensor, t: torch.Tensor, name: str) -> None:
-    # The kernels write through raw pointers: a wrong size here would corrupt memory.
-    if (t.shape != p.shape or t.dtype != torch.float32 or t.device != p.device
-            or not t.is_contiguous()):
-        raise ValueError(f"FusedAdamW state {name!r} ({t.dtype}, {tuple(t.shape)}, {t.device}) "
-                         f"does not match its parameter ({tuple(p.shape)}, {p.device})")

@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 from numba import config, cuda
 
-from .adamw_cpu import (BC2_SQRT, BETA2, DECAY, EPS, EXP_AVG, EXP_AVG_SQ, GRAD, N_PTRS,
+from .adamw_cpu import (BETA2, DECAY, EPS, EXP_AVG, EXP_AVG_SQ, GRAD, INV_BC2_SQRT, N_PTRS,
                         N_SCALARS, ONE_MINUS_BETA1, ONE_MINUS_BETA2, PARAM, STEP_SIZE,
                         chunk_table)
 
@@ -101,7 +101,7 @@ def adamw_multi_tensor_cuda(ptrs, scalars, chunks):
         beta2 = scalars[t, BETA2]
         one_minus_beta2 = scalars[t, ONE_MINUS_BETA2]
         step_size = scalars[t, STEP_SIZE]
-        bc2_sqrt = scalars[t, BC2_SQRT]
+        inv_bc2_sqrt = scalars[t, INV_BC2_SQRT]
         eps = scalars[t, EPS]
         for i in range(cuda.threadIdx.x, n, cuda.blockDim.x):  # block-stride, coalesced
             g = _load_f32(grad, i)
@@ -111,7 +111,7 @@ def adamw_multi_tensor_cuda(ptrs, scalars, chunks):
             v = v * beta2 + one_minus_beta2 * g * g
             _store_f32(exp_avg, i, m)
             _store_f32(exp_avg_sq, i, v)
-            denom = _sqrt_f32(v) / bc2_sqrt + eps
+            denom = _sqrt_f32(v) * inv_bc2_sqrt + eps
             p = _load_f32(param, i) * decay - step_size * (m / denom)
             _store_f32(param, i, p)
 

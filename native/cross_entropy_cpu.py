@@ -4,8 +4,8 @@ One call does, for every row of ``logits: [N, V]``: max, argmax, log-sum-exp, th
 row's loss, the correct flag, and writes ``(softmax - onehot) * scale`` over the row
 in place. Per row it makes three passes over data that is already in cache:
 
-1. max (vectorised with 8 independent lanes; no fast-math, so comparisons keep
-   their IEEE meaning),
+1. max (IEEE maxNum, vectorised without fast-math, so comparisons keep their
+   IEEE meaning),
 2. ``e = exp(x - max)`` stored into the row, the sum of ``e``, and the first index
    where ``x == max`` (the argmax, first maximum wins as ``torch.argmax``),
 3. ``row *= scale / sum`` and ``row[target] -= scale``.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 _F = np.float32
@@ -35,7 +35,7 @@ _I32 = np.int32
 # a time so that each row stays in L1/L2 across its three passes.
 ROWS_PER_TASK = 16
 
-# exp(x) for x below this is below float32's smallest normal number: return 0.
+# exp(x) is clamped below this (exp(-87) is still a normal float32).
 _EXP_CUTOFF = _F(-87.0)
 
 # Fast-math flag sets. Max/argmax comparisons get none (nnan/ninf would let LLVM
@@ -57,12 +57,50 @@ def _bits_to_f32(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def _f32_to_bits(typingctx, x):
+    """Reinterpret a float32 as its int32 bit pattern."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """IEEE maxNum (llvm.maxnum.f32): exact, no fast-math; NaN operands are skipped.
+
+    Unlike ``a if a > b else b`` LLVM vectorises a maxnum reduction without being
+    allowed to assume "no NaNs" (about 2x faster per element here).
+    """
+    if a != types.float32 or b != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.FloatType(), [ir.FloatType(), ir.FloatType()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.maxnum.f32")
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32), codegen
+
+
 @numba.njit(fastmath=_FM_POLY, cache=True)
 def _exp_nonpos(d):
-    """exp(d) for float32 d <= 0 (d = x - rowmax); 0 below -87; NaN stays NaN."""
+    """exp(d) for float32 d <= 0 (d = x - rowmax); NaN stays NaN.
+
+    Below -87 the input is clamped: the result is then ~1.6e-38 instead of the
+    true value (0 after rounding the gradient), which no loss or gradient can see.
+    """
     dc = _EXP_CUTOFF if d < _EXP_CUTOFF else d
-    # Range reduction: d = n*ln2 + r, |r| <= ln2/2, ln2 split in two (Cody-Waite).
-    n = np.floor(dc * _F(1.44269504088896341) + _F(0.5))
+    # n = round(d / ln2) by the 1.5 * 2**23 trick: the float addition rounds, and
+    # the low mantissa bits of t then hold n. Safe only because this function is
+    # compiled without "reassoc" (which would fold (t + C) - C to t).
+    t = dc * _F(1.44269504088896341) + _F(12582912.0)
+    n = t - _F(12582912.0)
+    # r = d - n*ln2 with ln2 split in two (Cody-Waite), |r| <= ln2/2.
     r = dc - n * _F(0.693359375)
     r = r - n * _F(-2.12194440e-4)
     p = _F(1.9875691500e-4)
@@ -72,40 +110,18 @@ def _exp_nonpos(d):
     p = p * r + _F(1.6666665459e-1)
     p = p * r + _F(5.0000001201e-1)
     y = p * r * r + r + _F(1.0)
-    # 2**n built from its exponent bits: n in [-126, 0] here.
-    two_n = _bits_to_f32(_I32((_I32(n) + _I32(127)) << _I32(23)))
-    return _F(0.0) if d < _EXP_CUTOFF else y * two_n
+    # 2**n from its exponent bits (n in [-126, 0]): low bits of t are n + 0x400000.
+    two_n = _bits_to_f32(_I32((_f32_to_bits(t) + _I32(127)) << _I32(23)))
+    return y * two_n
 
 
 @numba.njit(cache=True)
 def _row_max(row):
-    # row: [V] float32, V >= 1. Eight independent maxima so the loop becomes one
-    # 8-wide vmaxps chain instead of a scalar dependency chain.
-    V = row.shape[0]
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
-    n8 = V - V % 8
-    for i in range(0, n8, 8):
-        x0, x1, x2, x3 = row[i], row[i + 1], row[i + 2], row[i + 3]
-        x4, x5, x6, x7 = row[i + 4], row[i + 5], row[i + 6], row[i + 7]
-        m0 = x0 if x0 > m0 else m0
-        m1 = x1 if x1 > m1 else m1
-        m2 = x2 if x2 > m2 else m2
-        m3 = x3 if x3 > m3 else m3
-        m4 = x4 if x4 > m4 else m4
-        m5 = x5 if x5 > m5 else m5
-        m6 = x6 if x6 > m6 else m6
-        m7 = x7 if x7 > m7 else m7
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m4 = m5 if m5 > m4 else m4
-    m6 = m7 if m7 > m6 else m6
-    m0 = m2 if m2 > m0 else m0
-    m4 = m6 if m6 > m4 else m4
-    m0 = m4 if m4 > m0 else m0
-    for i in range(n8, V):
-        x = row[i]
-        m0 = x if x > m0 else m0
-    return m0
+    # row: [V] float32, V >= 1. Max over the non-NaN entries (NaN if all are NaN).
+    m = row[0]
+    for i in range(1, row.shape[0]):
+        m = _maxnum(m, row[i])
+    return m
 
 
 @numba.njit(fastmath=_FM_SUM, cache=True)

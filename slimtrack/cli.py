@@ -72,6 +72,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="MLflow experiment (default: slimtrack)")
     p.add_argument("--run-name", help="MLflow run name (default: preset-dataset-kernels-id)")
     p.add_argument("--no-tracking", action="store_true", help="same loop without MLflow (benchmarks)")
+    p.add_argument("--resume", metavar="RUN_ID_OR_OUTPUT_DIR",
+                   help="continue a run from its newest checkpoint (same MLflow run; --max-chunks may "
+                        "extend it, other flags are taken from the checkpoint)")
 
 
 def build_parser() -> OneLineParser:
@@ -81,6 +84,11 @@ def build_parser() -> OneLineParser:
     report = sub.add_parser("report", help="rebuild a run's dashboard from the tracking store")
     report.add_argument("run_id", help="MLflow run id (finished, failed or killed)")
     report.add_argument("--out", help="PNG to write (default: dashboard-<id>.png)")
+    compare = sub.add_parser("compare", help="overlay the curves of several runs in one PNG")
+    compare.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run ids to compare")
+    compare.add_argument("--experiment", help="compare the newest runs of this experiment instead")
+    compare.add_argument("--last", type=positive_int, help="how many of the newest runs (default 5)")
+    compare.add_argument("--out", help="PNG to write (default: compare-<first id>-<N>runs.png)")
     return parser
 
 
@@ -115,6 +123,8 @@ def check_output_dir(path: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        return resume_train(args)
     config = config_from_args(args)
     check_output_dir(config.train.output_dir)
     from slimtrack.data import validate_dataset  # cheap checks before torch and the model load
@@ -124,10 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     load_tokenizer(config.data.tokenizer)
     from slimtrack.session import run_training
 
-    outcome = run_training(config)
-    if outcome.message:
-        print(f"slimtrack: {outcome.message}", file=sys.stderr)
-    return {"FINISHED": EXIT_OK, "KILLED": EXIT_INTERRUPTED}.get(outcome.status, EXIT_FAILED)
+    return exit_code(run_training(config))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -138,7 +145,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "report": cmd_report}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from slimtrack.analysis import latest_runs, write_comparison
+
+    # Either explicit runs or an experiment's newest ones: mixing them would be ambiguous.
+    if args.experiment and args.run_ids:
+        raise UserError("compare takes run ids or --experiment, not both")
+    if args.last is not None and not args.experiment:
+        raise UserError("--last needs --experiment")
+    if args.experiment:
+        run_ids = latest_runs(args.experiment, args.last or 5)
+        if not run_ids:
+            raise UserError(f"experiment {args.experiment!r} has no runs")
+    else:
+        run_ids = args.run_ids
+    path = write_comparison(run_ids, Path(args.out) if args.out else None)
+    print(f"slimtrack: wrote {path} ({len(run_ids)} runs)")
+    return EXIT_OK
+
+
+def resume_train(args: argparse.Namespace) -> int:
+    from slimtrack.config import config_from_dict
+    from slimtrack.session import find_resume_point, run_training
+
+    point = find_resume_point(args.resume)
+    config = config_from_dict(point.state["config"], max_chunks=args.max_chunks)
+    return exit_code(run_training(config, resume=point))
+
+
+def exit_code(outcome: Any) -> int:
+    if outcome.message:
+        print(f"slimtrack: {outcome.message}", file=sys.stderr)
+    return {"FINISHED": EXIT_OK, "KILLED": EXIT_INTERRUPTED}.get(outcome.status, EXIT_FAILED)
+
+
+COMMANDS = {"train": cmd_train, "report": cmd_report, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

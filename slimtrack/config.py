@@ -119,6 +119,10 @@ class Config:
     def tokens_per_chunk(self) -> int:
         return self.data.batch_size * self.data.seq_len
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dict (checkpoints store this; ``config_from_dict`` reads it back)."""
+        return dataclasses.asdict(self)
+
     def as_params(self) -> dict[str, str]:
         """Flat ``section.field -> str`` view, the run's MLflow params (stable names)."""
         params: dict[str, str] = {"preset": self.preset}
@@ -175,6 +179,18 @@ def build_config(preset: str = "small", **overrides: Any) -> Config:
         train=TrainConfig(**sections["train"]),
         tracking=TrackingConfig(**sections["tracking"]),
     )
+
+
+def config_from_dict(values: dict[str, Any], **overrides: Any) -> Config:
+    """A Config from ``Config.as_dict()`` output (a checkpoint's), then ``overrides``."""
+    sections = {name: dict(values[name]) for name in ("model", "data", "train", "tracking")}
+    for key, value in overrides.items():
+        if value is not None:
+            section, name = _locate(key)
+            sections[section][name] = value
+    return Config(preset=values["preset"], model=ModelConfig(**sections["model"]),
+                  data=DataConfig(**sections["data"]), train=TrainConfig(**sections["train"]),
+                  tracking=TrackingConfig(**sections["tracking"]))
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig}

@@ -11,6 +11,7 @@ of points before it reaches matplotlib, whose drawing cost grows with the points
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -21,7 +22,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, MaxNLocator, PercentFormatter, StrMethodFormatter
+from matplotlib.font_manager import FontProperties, findfont, get_font
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, MaxNLocator, PercentFormatter
 from tsdownsample import MinMaxLTTBDownsampler
 
 CHART_TITLES = (
@@ -55,7 +57,6 @@ MAX_LINE_POINTS = 2000
 MAX_SCATTER_POINTS = 5000
 
 _DOWNSAMPLER = MinMaxLTTBDownsampler()
-_THOUSANDS = "{x:,.0f}"
 
 
 def moving_average(series: pd.Series, window: int = AVERAGE_WINDOW) -> pd.Series:
@@ -88,13 +89,18 @@ def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def decimate(x: np.ndarray, y: np.ndarray, n_out: int = MAX_LINE_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``n_out`` finite points of the line (x ascending) that keep its look."""
+    """About ``n_out`` finite points of the line (x ascending) that keep its look.
+
+    MinMaxLTTB keeps the shape; the global minimum and maximum are added explicitly, so a
+    single loss spike is never decimated away.
+    """
     finite = np.isfinite(y)
     if not finite.all():
         x, y = x[finite], y[finite]
     if len(y) <= n_out:
         return x, y
-    index = _DOWNSAMPLER.downsample(x, y, n_out=n_out)
+    index = _DOWNSAMPLER.downsample(x, y, n_out=n_out).astype(np.int64)  # uint64 mixes badly
+    index = np.union1d(index, (np.argmin(y), np.argmax(y)))
     return x[index], y[index]
 
 
@@ -120,7 +126,7 @@ def build_dashboard(
     # tight_layout (+25 %) measure every text again on each render.
     grid = fig.add_gridspec(
         3, 3, height_ratios=(1.0, 1.0, 0.75),
-        left=0.045, right=0.955, bottom=0.02, top=0.91, hspace=0.42, wspace=0.3,
+        left=0.06, right=0.95, bottom=0.02, top=0.91, hspace=0.42, wspace=0.3,
     )
     fig.suptitle(_headline(df), fontsize=15)
     _plot_loss(fig.add_subplot(grid[0, 0]), df)
@@ -152,7 +158,14 @@ def _headline(df: pd.DataFrame) -> str:
     return "slimtrack training · " + " · ".join(parts)
 
 
-def _setup(ax: Axes, title: str, ylabel: str, xlabel: str = "step") -> None:
+def _with_thousands(value: float, _position: int | None = None) -> str:
+    """Tick label: 48,000 rather than 48000 (small fractions as they are)."""
+    return f"{value:,.0f}" if abs(value) >= 10 or value == 0 else f"{value:g}"
+
+
+def _setup(ax: Axes, title: str, ylabel: str, steps: np.ndarray | None = None, xlabel: str = "step") -> None:
+    """Title, labels, grid; an x axis of training steps when ``steps`` is given."""
+    # An explicit y skips the title's auto-placement, which measures all tick labels again.
     ax.set_title(title, fontsize=12, fontweight="bold", y=1.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -160,17 +173,29 @@ def _setup(ax: Axes, title: str, ylabel: str, xlabel: str = "step") -> None:
     # Few ticks: every tick is a handful of artists to create and a label to lay out,
     # the largest fixed cost of a render.
     ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-    if xlabel == "step":
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        ax.xaxis.set_major_formatter(StrMethodFormatter(_THOUSANDS))
+    if steps is not None:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=(1, 2, 2.5, 5, 10), integer=True))
+        ax.xaxis.set_major_formatter(FuncFormatter(_with_thousands))
+        if len(steps) == 0 or steps[-1] - steps[0] < 4:
+            # Too few steps for integer ticks in the automatic range (1 row: 0.95..1.05).
+            first = steps[0] if len(steps) else 0.0
+            ax.set_xlim(first - 1, first + 5)
 
 
 def _note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray", fontsize=12)
 
 
-def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> None:
-    ax.plot(*decimate(x, y), **style)
+def _no_data(ax: Axes, text: str = "no data yet") -> None:
+    _note(ax, text)
+    ax.set_ylim(0, 1)  # the empty default, -0.055..0.055, makes wide tick labels
+
+
+def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> list:
+    x, y = decimate(x, y)
+    if len(x) == 1:
+        style.setdefault("marker", "o")  # a one-point line is invisible without a marker
+    return ax.plot(x, y, **style)
 
 
 def _metric_with_average(ax: Axes, df: pd.DataFrame, column: str, scale: float, color: str, average_color: str) -> None:
@@ -185,18 +210,18 @@ def _metric_with_average(ax: Axes, df: pd.DataFrame, column: str, scale: float, 
         _line(ax, steps, validation.to_numpy(), color=VALIDATION_COLOR, ls="none", marker="o", ms=4,
               label=f"val_{column}")
     if values.isna().all():
-        _note(ax, "no data yet")
+        _no_data(ax)
 
 
 def _plot_loss(ax: Axes, df: pd.DataFrame) -> None:
-    _setup(ax, CHART_TITLES[0], "loss")
+    _setup(ax, CHART_TITLES[0], "loss", df["step"].to_numpy())
     _metric_with_average(ax, df, "loss", 1.0, LOSS_COLOR, LOSS_AVERAGE_COLOR)
     if df["loss"].notna().any():
         ax.legend(loc="upper right", fontsize=9)
 
 
 def _plot_accuracy(ax: Axes, df: pd.DataFrame) -> None:
-    _setup(ax, CHART_TITLES[1], "accuracy (%)")
+    _setup(ax, CHART_TITLES[1], "accuracy (%)", df["step"].to_numpy())
     _metric_with_average(ax, df, "accuracy", 100.0, ACCURACY_COLOR, ACCURACY_AVERAGE_COLOR)
     ax.set_ylim(0, 100)
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
@@ -205,20 +230,23 @@ def _plot_accuracy(ax: Axes, df: pd.DataFrame) -> None:
 
 
 def _plot_throughput(ax: Axes, df: pd.DataFrame) -> None:
-    _setup(ax, CHART_TITLES[2], "tokens / s")
+    _setup(ax, CHART_TITLES[2], "tokens / s", df["step"].to_numpy())
     _line(ax, df["step"].to_numpy(), df["tokens_per_sec"].to_numpy(), color=THROUGHPUT_COLOR, lw=1.0)
-    ax.yaxis.set_major_formatter(StrMethodFormatter(_THOUSANDS))
+    ax.yaxis.set_major_formatter(FuncFormatter(_with_thousands))
     if df["tokens_per_sec"].isna().all():
-        _note(ax, "no data yet")
+        _no_data(ax)
 
 
 def _plot_learning_rate(ax: Axes, df: pd.DataFrame) -> None:
-    _setup(ax, CHART_TITLES[3], "learning rate (log)")
+    _setup(ax, CHART_TITLES[3], "learning rate (log)", df["step"].to_numpy())
     # A log axis cannot show 0 or negatives (warmup often starts at 0): leave them out.
     lr = df["learning_rate"].where(df["learning_rate"] > 0).to_numpy()
     _line(ax, df["step"].to_numpy(), lr, color=LR_COLOR, lw=1.5)
     ax.set_yscale("log")
-    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # the default draws 8 per decade
+    # Minor ticks at 2 and 5 only (the default makes 8 per decade), labelled while the
+    # schedule spans under ~2.5 decades, where decade labels alone would be one or two.
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2.5, 1.5)))
     if np.isnan(lr).all():
         ax.set_ylim(1e-5, 1e-2)
         _note(ax, "no positive learning rate yet")
@@ -236,34 +264,50 @@ def _plot_loss_vs_accuracy(ax: Axes, df: pd.DataFrame) -> None:
                         c=steps[keep], cmap=SCATTER_CMAP, norm=norm, s=8, alpha=0.7, linewidths=0)
     colorbar = ax.figure.colorbar(points, ax=ax, pad=0.02)
     colorbar.set_label("step")
-    colorbar.formatter = StrMethodFormatter(_THOUSANDS)
-    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
+    colorbar.locator = MaxNLocator(nbins=5, integer=True)
+    colorbar.formatter = FuncFormatter(_with_thousands)
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=None))  # decimals fit the range
     if not len(keep):
-        _note(ax, "no data yet")
+        _no_data(ax)
+        ax.set_ylim(0, 100)
 
 
 def _plot_recent(ax: Axes, df: pd.DataFrame) -> None:
-    _setup(ax, CHART_TITLES[5], "loss")
     recent = df[df["step"] > df["step"].iloc[-1] - RECENT_STEPS] if len(df) else df
     steps = recent["step"].to_numpy()
+    _setup(ax, CHART_TITLES[5], "loss", steps)
     accuracy_ax = ax.twinx()
     accuracy_ax.set_ylabel("accuracy (%)")
     accuracy_ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-    accuracy_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=1))
-    lines = ax.plot(*decimate(steps, recent["loss"].to_numpy()), color=LOSS_COLOR, lw=1.0, label="loss")
-    lines += accuracy_ax.plot(*decimate(steps, 100 * recent["accuracy"].to_numpy()),
-                              color=ACCURACY_COLOR, lw=1.0, label="accuracy")
+    accuracy_ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=None))
+    lines = _line(ax, steps, recent["loss"].to_numpy(), color=LOSS_COLOR, lw=1.0, label="loss")
+    lines += _line(accuracy_ax, steps, 100 * recent["accuracy"].to_numpy(), color=ACCURACY_COLOR, lw=1.0,
+                   label="accuracy")
     # One legend for both y-axes: the twin's lines are not in ax's own legend.
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=9)
-    if recent["loss"].isna().all() and recent["accuracy"].isna().all():
-        _note(ax, "no data yet")
+    if recent["loss"].isna().all():
+        _no_data(ax)
+    if recent["accuracy"].isna().all():
+        accuracy_ax.set_ylim(0, 100)
 
 
 def _sample_step(sample: Mapping[str, Any]) -> float:
     try:
-        return float(sample.get("step", 0))
+        step = float(sample.get("step", 0))
     except (TypeError, ValueError):
         return 0.0
+    return step if np.isfinite(step) else 0.0  # a NaN key would scramble the sort
+
+
+@functools.cache
+def _font_code_points() -> frozenset[int]:
+    return frozenset(get_font(findfont(FontProperties())).get_charmap())
+
+
+def _drawable(text: str) -> str:
+    """Characters the default font lacks (CJK, for DejaVu Sans) as U+FFFD: each would warn."""
+    code_points = _font_code_points()
+    return "".join(c if ord(c) in code_points else "\ufffd" for c in text)
 
 
 def _sample_row(sample: Mapping[str, Any]) -> list[str]:
@@ -272,8 +316,8 @@ def _sample_row(sample: Mapping[str, Any]) -> list[str]:
         accuracy_text = f"{100 * float(accuracy):.1f} %"
     except (TypeError, ValueError):
         accuracy_text = "n/a"
-    return [f"{_sample_step(sample):,.0f}", shorten(sample.get("input", "")),
-            shorten(sample.get("output", "")), accuracy_text]
+    return [f"{_sample_step(sample):,.0f}", _drawable(shorten(sample.get("input", ""))),
+            _drawable(shorten(sample.get("output", ""))), accuracy_text]
 
 
 def _plot_samples(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> None:
@@ -295,6 +339,7 @@ def _plot_samples(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> None:
     table.scale(1.0, 1.9)
     for (row, _), cell in table.get_celld().items():
         cell.get_text().set_parse_math(False)  # sample text may contain "$...$"
+        cell.PAD = 0.01  # the default pads 10 % of the cell width: wide columns look indented
         if row == 0:
             cell.set_facecolor("#e8e8e8")
             cell.get_text().set_fontweight("bold")

@@ -25,9 +25,11 @@ import torch
 from tqdm import tqdm
 
 from slimtrack import __version__
-from slimtrack.checkpoint import rng_state, save_checkpoint
+from slimtrack.checkpoint import (latest_checkpoint, load_checkpoint, restore_rng_state, rng_state,
+                                  save_checkpoint)
 from slimtrack.config import Config
 from slimtrack.data import ChunkStream, SkipStats, iter_documents, validate_dataset
+from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.model import GPT
 from slimtrack.native.threads import configure_threads
@@ -74,12 +76,12 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
     }
 
 
-def make_tracker(config: Config, run_name: str, tags: dict[str, str]) -> Any:
+def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None) -> Any:
     if not config.tracking.enabled:
         from slimtrack.tracking import NullTracker
         return NullTracker()
     from slimtrack.tracking import MlflowTracker
-    return MlflowTracker.start(config.tracking.experiment, run_name, tags)
+    return MlflowTracker.start(config.tracking.experiment, run_name, tags, resume_run_id=resume_run_id)
 
 
 @contextmanager
@@ -125,8 +127,47 @@ class ConsoleAndTrackingHooks(LoopHooks):
         self.save(step)
 
 
-def run_training(config: Config) -> RunOutcome:
-    """Train as configured and leave a complete run; returns how it ended."""
+@dataclass
+class ResumePoint:
+    """Where ``--resume`` continues: a run's output folder and its newest checkpoint."""
+
+    output_dir: Path
+    checkpoint: Path
+    state: dict[str, Any]
+
+
+def find_resume_point(target: str) -> ResumePoint:
+    """``target`` is an output folder, or a run id whose ``slimtrack.output_dir`` tag names one."""
+    folder = Path(target)
+    if not folder.is_dir():
+        from slimtrack.analysis import get_run  # a run id: ask the tracking store where its files are
+
+        tags = get_run(target).data.tags
+        if "slimtrack.output_dir" not in tags:
+            raise UserError(f"run {target} has no slimtrack.output_dir tag; pass its output folder instead")
+        folder = Path(tags["slimtrack.output_dir"])
+    checkpoint = latest_checkpoint(folder / "checkpoints")
+    if checkpoint is None:
+        raise UserError(f"--resume {target}: no checkpoint in {folder / 'checkpoints'}")
+    return ResumePoint(folder, checkpoint, load_checkpoint(checkpoint))
+
+
+@dataclass
+class Job:
+    """Everything a run needs, built by ``setup``; ``run_training`` orders the rest."""
+
+    config: Config
+    model: torch.nn.Module
+    stream: ChunkStream
+    val_chunks: list[Any]
+    skips: SkipStats
+    tracker: Any
+    viz: VisualizationManager
+    trainer: SlimPajamaTrainer
+    output_dir: Path
+
+
+def setup(config: Config, resume: ResumePoint | None) -> Job:
     threads = configure_threads(config.train.num_threads or None)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
@@ -143,61 +184,95 @@ def run_training(config: Config) -> RunOutcome:
     model = GPT(config.model).to(device)
 
     run_name = config.tracking.run_name or default_run_name(config)
-    output_dir = Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name)
+    if resume is not None:
+        output_dir = resume.output_dir
+    else:
+        output_dir = Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name)
+    output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    tracker = make_tracker(config, run_name, run_tags(config, device, threads))
+    tags = {**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
+    tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None)
     params = config.as_params()
     params["model.num_parameters"] = str(model.num_parameters())
     tracker.log_params(params)
-    print(f"slimtrack: {model.num_parameters():,} parameters on {device}, {threads} threads, "
-          f"output in {output_dir}" + (f", run {tracker.run_id}" if tracker.run_id else ""), file=sys.stderr)
 
     viz = VisualizationManager(output_dir, tracker, config.train.viz_interval)
     trainer = SlimPajamaTrainer(config, model, tokenizer, device, lambda: stream.source_names)
+    job = Job(config, model, stream, val_chunks, skips, tracker, viz, trainer, output_dir)
+    if resume is not None:
+        restore(job, resume)
+    print(f"slimtrack: {model.num_parameters():,} parameters on {device}, {threads} threads, "
+          f"output in {output_dir}" + (f", run {tracker.run_id}" if tracker.run_id else "")
+          + (f", resuming after step {trainer.step}" if resume else ""), file=sys.stderr)
+    return job
+
+
+def restore(job: Job, resume: ResumePoint) -> None:
+    """Model, optimizer, step, data position, RNG states and the dashboard history of a checkpoint."""
+    state = resume.state
+    job.model.load_state_dict(state["model"])
+    job.trainer.optimizer.load_state_dict(state["optimizer"])
+    job.trainer.step = int(state["step"])
+    job.trainer.tokens_seen = int(state["tokens_seen"])
+    job.stream.skip(job.trainer.step)  # one chunk per step: the exact next chunk comes next
+    job.viz.restore(until_step=job.trainer.step)
+    restore_rng_state(state["rng"])
+
+
+def checkpoint_state(job: Job, step: int) -> dict[str, Any]:
+    return {
+        "model": job.model.state_dict(), "optimizer": job.trainer.optimizer.state_dict(), "step": step,
+        "tokens_seen": job.trainer.tokens_seen, "source_names": list(job.stream.source_names),
+        "rng": rng_state(), "run_id": job.tracker.run_id, "config": job.config.as_dict(),
+    }
+
+
+def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcome:
+    """Train as configured (or continue ``resume``) and leave a complete run."""
+    job = setup(config, resume)
 
     def save(step: int) -> Path:
-        tracker.flush()  # everything up to this step is in MLflow before the checkpoint says so
-        state = {
-            "model": model.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": step,
-            "tokens_seen": trainer.tokens_seen, "source_names": list(stream.source_names),
-            "rng": rng_state(), "run_id": tracker.run_id, "config": config.as_params(),
-        }
-        path = save_checkpoint(output_dir / "checkpoints", step, state, config.train.keep_checkpoints)
-        tracker.log_artifact(path, "checkpoints")
+        job.tracker.flush()  # everything up to this step is in MLflow before the checkpoint says so
+        job.viz.export_now()  # and on disk: a resumed run continues the local history from here
+        path = save_checkpoint(job.output_dir / "checkpoints", step, checkpoint_state(job, step),
+                               config.train.keep_checkpoints)
+        job.tracker.log_artifact(path, "checkpoints")
         return path
 
-    hooks = ConsoleAndTrackingHooks(config, tracker, viz, skips, save)
+    hooks = ConsoleAndTrackingHooks(config, job.tracker, job.viz, job.skips, save)
     status, message = "FINISHED", ""
     try:
         with sigterm_as_interrupt():
-            trainer.fit(stream, val_chunks, hooks)
+            job.trainer.fit(job.stream, job.val_chunks, hooks)
     except KeyboardInterrupt:
-        status, message = "KILLED", f"interrupted at step {trainer.step}"
+        status, message = "KILLED", f"interrupted at step {job.trainer.step}"
     except NonFiniteLossError as exc:
         status, message = "FAILED", str(exc)
     except BaseException:
-        status = "FAILED"
-        _finish(tracker, viz, hooks, status, trainer, save, output_dir, model, save_final=False)
+        _finish(job, hooks, "FAILED", save, save_final=False)
         raise
-    _finish(tracker, viz, hooks, status, trainer, save, output_dir, model,
-            save_final=status != "FAILED" and trainer.step > 0)
-    if skips.total:
-        print(f"slimtrack: skipped {skips.summary()}", file=sys.stderr)
-    return RunOutcome(status, tracker.run_id, output_dir, trainer.step, message)
+    if status == "FINISHED" and job.trainer.step < config.train.max_chunks:
+        message = (f"the training data ran out after {job.trainer.step} of {config.train.max_chunks} "
+                   "chunks")
+        status = "FAILED" if job.trainer.step == 0 else status
+    _finish(job, hooks, status, save, save_final=status != "FAILED" and job.trainer.step > 0)
+    if job.skips.total:
+        print(f"slimtrack: skipped {job.skips.summary()}", file=sys.stderr)
+    return RunOutcome(status, job.tracker.run_id, job.output_dir, job.trainer.step, message)
 
 
-def _finish(tracker: Any, viz: VisualizationManager, hooks: ConsoleAndTrackingHooks, status: str,
-            trainer: SlimPajamaTrainer, save: Any, output_dir: Path, model: torch.nn.Module,
-            save_final: bool) -> None:
+def _finish(job: Job, hooks: ConsoleAndTrackingHooks, status: str, save: Any, save_final: bool) -> None:
     """Final checkpoint, the last dashboard, the model, every record delivered, the run status."""
     hooks.bar.close()
-    if save_final and trainer.step % trainer.config.train.checkpoint_interval != 0:
+    trainer, tracker = job.trainer, job.tracker
+    if save_final and trainer.step % job.config.train.checkpoint_interval != 0:
         save(trainer.step)
-    viz.close()
+    job.viz.close()
     if status == "FINISHED" and hasattr(tracker, "log_model"):
-        example = np.zeros((1, trainer.config.data.seq_len), dtype=np.int64)  # [1, T] token ids
-        tracker.log_model(copy.deepcopy(model).cpu().eval(), example)
+        example = np.zeros((1, job.config.data.seq_len), dtype=np.int64)  # [1, T] token ids
+        tracker.log_model(copy.deepcopy(job.model).cpu().eval(), example)
     tracker.finish(status)
-    print(f"slimtrack: run {status.lower()} after {trainer.step} steps; files in {output_dir}", file=sys.stderr)
+    print(f"slimtrack: run {status.lower()} after {trainer.step} steps; files in {job.output_dir}",
+          file=sys.stderr)
     if tracker.run_id:
         print(f"slimtrack: run id {tracker.run_id}\nslimtrack: view it with {tracker.ui_hint()}", file=sys.stderr)

@@ -9,7 +9,7 @@ step). Artifacts are sent from the same thread, in order. ``NullTracker`` is the
 ``--no-tracking`` stand-in with the same interface.
 
 MLflow keeps duplicate points at the same step and cannot delete them, so the
-tracker never sends a step twice (``MlflowTracker.logged_through_step``).
+tracker never sends a step twice (``MlflowTracker.last_logged``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class MlflowTracker:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.started_here = started_here
-        self.logged_through_step = 0  # steps <= this are already in MLflow (resume)
+        self.last_logged: dict[str, int] = {}  # key -> last step already in MLflow (resume)
         self.retry_attempts = 5  # per delivery, with exponential backoff
         self._queue: queue.Queue[_Op | None] = queue.Queue()
         self._pending = 0  # ops queued but not yet delivered
@@ -98,15 +98,17 @@ class MlflowTracker:
 
     # ---- starting -------------------------------------------------------------------------
     @classmethod
-    def start(cls, experiment: str, run_name: str, tags: dict[str, str]) -> "MlflowTracker":
-        """Attach to MLFLOW_RUN_ID (set by ``mlflow run``) or create a run in ``experiment``."""
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str],
+              resume_run_id: str | None = None) -> "MlflowTracker":
+        """Attach to MLFLOW_RUN_ID (set by ``mlflow run``), reopen ``resume_run_id``
+        (``--resume``: our own run, RUNNING again), or create a run in ``experiment``."""
         client = MlflowClient()  # honours MLFLOW_TRACKING_URI, else MLflow's default store
-        run_id = os.environ.get("MLFLOW_RUN_ID")
+        run_id = resume_run_id or os.environ.get("MLFLOW_RUN_ID")
         if run_id:
             run = client.get_run(run_id)
             experiment_id = run.info.experiment_id
-            started_here = False
-            if run.info.status != "RUNNING":  # resumed run: it is running again
+            started_here = resume_run_id is not None
+            if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
         else:
             found = client.get_experiment_by_name(experiment)
@@ -116,7 +118,18 @@ class MlflowTracker:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         tracker = cls(client, run_id, experiment_id, started_here)
         tracker._call_now(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        if resume_run_id:
+            tracker.load_logged_steps()
         return tracker
+
+    def load_logged_steps(self) -> None:
+        """Remember the last step MLflow holds for each key, so a resumed run never logs a
+        step twice (MLflow keeps duplicate points and cannot delete them). A kill can land
+        between two log_batch calls, so the last step differs per key."""
+        run = self.client.get_run(self.run_id)
+        # RunData keeps each key's latest point (highest step) with its step; .metrics has values only.
+        for metric in run.data._metric_objs:
+            self.last_logged[metric.key] = max(self.last_logged.get(metric.key, 0), metric.step)
 
     # ---- what the trainer calls -------------------------------------------------------------
     def log_params(self, params: dict[str, str]) -> None:
@@ -132,10 +145,12 @@ class MlflowTracker:
         self.log_metrics(record.as_metrics(), record.step, timestamp=record.timestamp)
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp: float | None = None) -> None:
-        if step <= self.logged_through_step:
-            return  # already in MLflow from before a resume: never log a step twice
         millis = int((timestamp or time.time()) * 1000)
-        batch = [Metric(key, float(value), millis, step) for key, value in metrics.items()]
+        # A step already in MLflow from before a resume is never logged twice.
+        batch = [Metric(key, float(value), millis, step) for key, value in metrics.items()
+                 if step > self.last_logged.get(key, 0)]
+        if not batch:
+            return
         self._enqueue(_Op("metrics", metrics=batch, description=f"metrics of step {step}"))
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:

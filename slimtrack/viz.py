@@ -57,6 +57,8 @@ class VisualizationManager:
         self.samples: list[dict[str, Any]] = []
         self.rendered_steps: list[int] = []
         self._request: _Request | None = None
+        self._export_lock = threading.Lock()
+        self._exported_step = 0  # the JSON exports on disk cover steps up to this one
         self._busy = False
         self._closed = False
         self._cond = threading.Condition()
@@ -89,6 +91,36 @@ class VisualizationManager:
             self._cond.notify()
         self._worker.join(timeout)
 
+    def restore(self, until_step: int) -> None:
+        """Continue a resumed run's history from its local exports (steps <= until_step)."""
+        from slimtrack.metrics import records_from_json
+
+        history, samples = self.dir / "metrics_history.json", self.dir / "text_samples.json"
+        if history.is_file():
+            self.records = [r for r in records_from_json(history.read_text()) if r.step <= until_step]
+        if samples.is_file():
+            table = json.loads(samples.read_text())
+            rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+            self.samples = [s for s in rows if s["step"] <= until_step]
+
+    def export_now(self) -> None:
+        """Write the JSON exports for everything appended so far, on the calling thread.
+
+        Called before each checkpoint, so a resumed run finds its whole history on disk."""
+        self.export_json(_Request(self.records[-1].step if self.records else 0, len(self.records),
+                                  len(self.samples)))
+
+    def export_json(self, request: _Request) -> tuple[Path, Path]:
+        """metrics_history.json and text_samples.json up to ``request``; never older than on disk."""
+        history, samples_file = self.dir / "metrics_history.json", self.dir / "text_samples.json"
+        with self._export_lock:
+            if request.step >= self._exported_step:
+                _atomic_write_bytes(history, history_json(self.records[:request.n_records]).encode())
+                table = samples_table(self.samples[:request.n_samples][-SAMPLES_KEPT:])
+                _atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode())
+                self._exported_step = request.step
+        return history, samples_file
+
     def to_frame(self):
         return build_history_frame(self.records)
 
@@ -117,10 +149,7 @@ class VisualizationManager:
         image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()  # [H, W, 3] uint8
         latest_png = self.dir / "training_latest.png"
         _atomic_write_bytes(latest_png, step_png.read_bytes())
-        history = self.dir / "metrics_history.json"
-        _atomic_write_bytes(history, history_json(records).encode())
-        samples_file = self.dir / "text_samples.json"
-        _atomic_write_bytes(samples_file, json.dumps(samples_table(samples[-SAMPLES_KEPT:]), indent=1).encode())
+        history, samples_file = self.export_json(request)
 
         self.tracker.log_artifact(step_png, VIZ_DIR)
         self.tracker.log_artifact(latest_png, VIZ_DIR)
@@ -132,6 +161,6 @@ class VisualizationManager:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Readers (and a crash) never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{threading.get_ident()}")
     tmp.write_bytes(data)
     tmp.replace(path)

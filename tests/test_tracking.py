@@ -58,12 +58,19 @@ def test_resume_never_relogs_a_step(mlflow_store):
     tracker = MlflowTracker.start("exp-c", "r", {})
     for step in (1, 2, 3):
         tracker.log_record(record(step))
-    tracker.logged_through_step = 3
-    for step in (2, 3, 4):
-        tracker.log_record(record(step))
-    tracker.finish()
-    steps = [m.step for m in MlflowClient().get_metric_history(tracker.run_id, "loss")]
-    assert sorted(steps) == [1, 2, 3, 4]
+    tracker.log_metrics({"accuracy": 0.9}, 4)  # a kill can land mid-step: keys differ
+    tracker.finish("KILLED")
+    resumed = MlflowTracker.start("ignored", "", {}, resume_run_id=tracker.run_id)
+    assert MlflowClient().get_run(tracker.run_id).info.status == "RUNNING"
+    assert resumed.last_logged["loss"] == 3 and resumed.last_logged["accuracy"] == 4
+    for step in (2, 3, 4, 5):
+        resumed.log_record(record(step))
+    resumed.finish()
+    client = MlflowClient()
+    for key in ("loss", "accuracy"):
+        steps = [m.step for m in client.get_metric_history(tracker.run_id, key)]
+        assert sorted(steps) == [1, 2, 3, 4, 5], key
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
 def test_artifacts_images_and_tables(mlflow_store, tmp_path):

@@ -1,0 +1,304 @@
+"""Fused softmax cross-entropy + accuracy: the CUDA kernels (numba.cuda).
+
+Imported lazily by ``cross_entropy.py`` the first time a CUDA tensor comes in, so
+``import slimtrack.native`` never touches CUDA.
+
+One block per row. Pass 1: each thread walks its strided columns keeping an online
+(max, first argmax, sum of exp(x - max)); the block combines those triples with a
+shared-memory tree reduction. Pass 2 writes ``(softmax - onehot) / n_valid`` over
+the row in place. Only shared memory, ``syncthreads`` and plain arithmetic are used,
+so the same code runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+
+Logits may be float32, float16 or bfloat16; the math is float32 throughout. numba
+has no bfloat16 array type, so bf16 storage is viewed as int16 and converted with
+bit shifts (a bf16 is the top half of a float32), rounding to nearest-even on store.
+No copies, no host synchronisation: kernels launch on torch's current stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import config, cuda
+from numba import types as nbt
+
+DEFAULT_BLOCK = 512
+SMALL_V_BLOCK = 128  # rows this short would leave most of a 512-thread block idle
+SMALL_V = 2048
+KINDS = ("float32", "bfloat16", "float16")
+
+_NEG_INF = np.float32(-math.inf)
+_NAN = np.float32(math.nan)
+
+# float32 <-> int32 bit reinterpretation: libdevice on the GPU, numpy in the simulator.
+if config.ENABLE_CUDASIM:
+
+    @cuda.jit(device=True, inline="always")
+    def _i32_as_f32(bits):
+        return np.int32(bits).view(np.float32)
+
+    @cuda.jit(device=True, inline="always")
+    def _f32_as_i32(x):
+        return np.float32(x).view(np.int32)
+
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True, inline="always")
+    def _i32_as_f32(bits):
+        return libdevice.int_as_float(bits)
+
+    @cuda.jit(device=True, inline="always")
+    def _f32_as_i32(x):
+        return libdevice.float_as_int(x)
+
+
+# Element access per storage kind: a[r, i] as float32, and the store back.
+@cuda.jit(device=True, inline="always")
+def _load_f32(a, r, i):
+    return a[r, i]
+
+
+@cuda.jit(device=True, inline="always")
+def _store_f32(a, r, i, v):
+    a[r, i] = v
+
+
+@cuda.jit(device=True, inline="always")
+def _load_f16(a, r, i):
+    return np.float32(a[r, i])
+
+
+@cuda.jit(device=True, inline="always")
+def _store_f16(a, r, i, v):
+    a[r, i] = np.float16(v)
+
+
+@cuda.jit(device=True, inline="always")
+def _load_bf16(a, r, i):
+    # a: int16 view of bf16 storage; the 16 bits are the top half of a float32.
+    return _i32_as_f32(np.int32(np.int32(a[r, i]) << np.int32(16)))
+
+
+@cuda.jit(device=True, inline="always")
+def _store_bf16(a, r, i, v):
+    # Round float32 -> bf16 to nearest-even on the bit pattern (int64 avoids overflow).
+    u = np.int64(_f32_as_i32(v)) & np.int64(0xFFFFFFFF)
+    h = (u + np.int64(0x7FFF) + ((u >> np.int64(16)) & np.int64(1))) >> np.int64(16)
+    if v != v:
+        h = np.int64(0x7FC0)  # canonical quiet NaN
+    if h >= np.int64(0x8000):
+        h -= np.int64(0x10000)  # as a signed int16
+    a[r, i] = h
+
+
+_ACCESS = {
+    "float32": (_load_f32, _store_f32),
+    "float16": (_load_f16, _store_f16),
+    "bfloat16": (_load_bf16, _store_bf16),
+}
+
+
+@cuda.jit(device=True, inline="always")
+def _combine(s_max, s_sum, s_idx, a, b):
+    # Merge slot b's (max, sum of exp(x - max), first argmax) into slot a.
+    ma = s_max[a]
+    mb = s_max[b]
+    if mb > ma or (mb == ma and s_idx[b] < s_idx[a]):
+        s_idx[a] = s_idx[b]
+    m = mb if mb > ma else ma
+    # `== m` rather than exp(ma - m): exp(-inf - -inf) would be NaN for empty slots.
+    sa = s_sum[a] if ma == m else s_sum[a] * math.exp(ma - m)
+    sb = s_sum[b] if mb == m else s_sum[b] * math.exp(mb - m)
+    s_max[a] = m
+    s_sum[a] = sa + sb
+
+
+def _make_ce_kernel(load, store, block):
+    def ce_kernel(row_loss, correct, logits, targets, count, ignore_index, write_grad):
+        # row_loss: [N] f32 out; correct: [N] f32 out (1.0 where argmax == target)
+        # logits:   [N, V] f32 | f16 | bf16-as-int16; overwritten with the gradient
+        # targets:  [N] int64; count: [1] int64, rows whose target != ignore_index
+        # grid = N blocks (one per row), block threads; ignore_index: int64
+        row = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        V = logits.shape[1]
+        t = targets[row]
+        ignored = t == ignore_index
+        valid = (not ignored) and t >= 0 and t < V
+        s_max = cuda.shared.array(block, np.float32)
+        s_sum = cuda.shared.array(block, np.float32)
+        s_idx = cuda.shared.array(block, np.int32)
+
+        # Pass 1: online max / first argmax / sum over columns tid, tid+block, ...
+        m = _NEG_INF
+        s = np.float32(0.0)
+        arg = V
+        for i in range(tid, V, block):
+            x = load(logits, row, i)
+            if x > m:  # strict: the first maximum (in this thread's order) wins
+                s = s * math.exp(m - x) + np.float32(1.0)
+                m = x
+                arg = i
+            elif x == m:
+                s += np.float32(1.0)
+            else:
+                s += math.exp(x - m)  # NaN x makes s NaN, so the loss shows it
+        x_t = _NAN
+        if tid == 0 and valid:
+            x_t = load(logits, row, t)  # before anyone overwrites the row
+        s_max[tid] = m
+        s_sum[tid] = s
+        s_idx[tid] = arg
+        cuda.syncthreads()
+        stride = block // 2
+        while stride > 0:
+            if tid < stride:
+                _combine(s_max, s_sum, s_idx, tid, tid + stride)
+            cuda.syncthreads()
+            stride //= 2
+        m = s_max[0]
+        s = s_sum[0]
+
+        if tid == 0:
+            if ignored:
+                row_loss[row] = np.float32(0.0)
+                correct[row] = np.float32(0.0)
+            else:  # an out-of-range target gives NaN loss (no host-side check: no sync)
+                row_loss[row] = math.log(s) + (m - x_t)
+                correct[row] = np.float32(1.0) if valid and s_idx[0] == t else np.float32(0.0)
+
+        # Pass 2: gradient (softmax - onehot) * scale, written over the logits.
+        if write_grad:
+            scale = np.float32(1.0) / np.float32(max(count[0], 1))
+            c = scale / s
+            for i in range(tid, V, block):
+                g = np.float32(0.0)
+                if not ignored:
+                    g = math.exp(load(logits, row, i) - m) * c
+                    if i == t:
+                        g -= scale
+                store(logits, row, i, g)
+
+    return ce_kernel
+
+
+def _make_scale_kernel(load, store, block):
+    def scale_kernel(grad, grad_output):
+        # grad: [N, V] in/out; grad_output: [1] f32, d(final loss)/d(loss).
+        # Reading the scalar here (not on the host) keeps backward sync-free; the
+        # usual grad_output == 1 costs one read per block and no pass over grad.
+        g = grad_output[0]
+        if g == np.float32(1.0):
+            return
+        row = cuda.blockIdx.x
+        for i in range(cuda.threadIdx.x, grad.shape[1], block):
+            store(grad, row, i, load(grad, row, i) * g)
+
+    return scale_kernel
+
+
+def signatures(kind: str) -> dict:
+    """numba signatures of the two kernels for one storage kind (for compile_ptx)."""
+    elem = {"float32": nbt.float32, "float16": nbt.float16, "bfloat16": nbt.int16}[kind]
+    logits = nbt.Array(elem, 2, "C")
+    vec_f32 = nbt.Array(nbt.float32, 1, "C")
+    vec_i64 = nbt.Array(nbt.int64, 1, "C")
+    return {
+        "ce_kernel": (vec_f32, vec_f32, logits, vec_i64, vec_i64, nbt.int64, nbt.boolean),
+        "scale_kernel": (logits, vec_f32),
+    }
+
+
+def python_kernels(kind: str, block: int = DEFAULT_BLOCK) -> dict:
+    """The undecorated kernel functions (what ``cuda.compile_ptx`` takes)."""
+    load, store = _ACCESS[kind]
+    return {
+        "ce_kernel": _make_ce_kernel(load, store, block),
+        "scale_kernel": _make_scale_kernel(load, store, block),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def get_kernels(kind: str, block: int = DEFAULT_BLOCK) -> tuple:
+    """(ce_kernel, scale_kernel) dispatchers; compiled on first launch."""
+    fns = python_kernels(kind, block)
+    return cuda.jit(fns["ce_kernel"]), cuda.jit(fns["scale_kernel"])
+
+
+def block_for(V: int) -> int:
+    return SMALL_V_BLOCK if V <= SMALL_V else DEFAULT_BLOCK
+
+
+def launch_cross_entropy(row_loss, correct, logits, targets, count, ignore_index: int,
+                         write_grad: bool, kind: str, stream=0, block: int | None = None) -> None:
+    """Launch the fused kernel on device arrays (numba or CUDA-array-interface)."""
+    N, V = logits.shape
+    if N == 0:
+        return
+    block = block or block_for(V)
+    ce, _ = get_kernels(kind, block)
+    ce[N, block, stream](row_loss, correct, logits, targets, count, int(ignore_index),
+                         bool(write_grad))
+
+
+def launch_scale(grad, grad_output, kind: str, stream=0, block: int | None = None) -> None:
+    """grad *= grad_output[0] in place, skipped on the device when it is 1."""
+    N, V = grad.shape
+    if N == 0:
+        return
+    block = block or block_for(V)
+    _, sc = get_kernels(kind, block)
+    sc[N, block, stream](grad, grad_output)
+
+
+# ---- torch glue: views without copies, torch's current stream, no host sync ----
+
+def _kind_and_view(t):
+    import torch
+
+    kinds = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    kind = kinds[t.dtype]
+    view = t.view(torch.int16) if kind == "bfloat16" else t
+    # sync=False: we launch on the stream torch is using, so no wait is needed.
+    return kind, cuda.as_cuda_array(view, sync=False)
+
+
+def _stream(t):
+    import torch
+
+    return cuda.external_stream(torch.cuda.current_stream(t.device).cuda_stream)
+
+
+def forward_torch(logits, targets, ignore_index: int, write_grad: bool):
+    """Run the fused kernel on CUDA tensors. Returns (row_loss, correct, count).
+
+    logits [N, V] (contiguous, f32/f16/bf16) is overwritten with the gradient when
+    write_grad; count is a [1] int64 device tensor (non-ignored rows).
+    """
+    import torch
+
+    N = logits.shape[0]
+    row_loss = torch.empty(N, dtype=torch.float32, device=logits.device)
+    correct = torch.empty(N, dtype=torch.float32, device=logits.device)
+    count = (targets != ignore_index).sum().reshape(1)
+    with cuda.gpus[logits.device.index or 0]:
+        kind, x = _kind_and_view(logits.detach())
+        launch_cross_entropy(cuda.as_cuda_array(row_loss, sync=False),
+                             cuda.as_cuda_array(correct, sync=False), x,
+                             cuda.as_cuda_array(targets, sync=False),
+                             cuda.as_cuda_array(count, sync=False),
+                             ignore_index, write_grad, kind, stream=_stream(logits))
+    return row_loss, correct, count
+
+
+def scale_torch(grad, grad_output) -> None:
+    """grad *= grad_output in place on the device (no host sync)."""
+    import torch
+
+    g = grad_output.detach().to(device=grad.device, dtype=torch.float32).reshape(1)
+    with cuda.gpus[grad.device.index or 0]:
+        kind, x = _kind_and_view(grad)
+        launch_scale(x, cuda.as_cuda_array(g, sync=False), kind, stream=_stream(grad))
