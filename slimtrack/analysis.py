@@ -198,27 +198,35 @@ def load_exported(path_or_run_id: str | Path, tracking_uri: str | None = None) -
     """
     folder = Path(path_or_run_id)
     if folder.is_dir():
-        return _read_exported(folder if folder.name == VIZ_DIR else folder / VIZ_DIR, str(folder))
+        viz_dir = folder if folder.name == VIZ_DIR else folder / VIZ_DIR
+        return _read_exported(viz_dir / "metrics_history.json", viz_dir / "text_samples.json", str(folder))
     run_id = str(path_or_run_id)
     if "/" in run_id or "\\" in run_id or folder.exists():
         raise UserError(f"{run_id} is not a run's output folder (nor a run id)")
     get_run(run_id, tracking_uri)  # an unknown id is a UserError, not a download error
     with tempfile.TemporaryDirectory() as tmp:
-        for artifact in (HISTORY_ARTIFACT, SAMPLES_ARTIFACT):
-            try:
-                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp,
-                                                    tracking_uri=tracking_uri)
-            except (MlflowException, OSError):
-                pass  # a missing file is reported below, by name
-        return _read_exported(Path(tmp) / VIZ_DIR, f"run {run_id}")
+        history = _download(run_id, HISTORY_ARTIFACT, Path(tmp) / "history", tracking_uri)
+        samples = _download(run_id, SAMPLES_ARTIFACT, Path(tmp) / "samples", tracking_uri)
+        return _read_exported(history, samples, f"run {run_id}")
 
 
-def _read_exported(viz_dir: Path, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    history_file, samples_file = viz_dir / "metrics_history.json", viz_dir / "text_samples.json"
-    if not history_file.is_file():
+def _download(run_id: str, artifact: str, dst: Path, tracking_uri: str | None) -> Path | None:
+    """One artifact file into ``dst``; None when the run has no such file."""
+    dst.mkdir()
+    try:
+        # The returned path is the truth: where the file lands differs between artifact stores.
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                        dst_path=str(dst), tracking_uri=tracking_uri))
+    except (MlflowException, OSError):
+        return None
+
+
+def _read_exported(history_file: Path | None, samples_file: Path | None,
+                   source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if history_file is None or not history_file.is_file():
         raise UserError(f"{source} has no {HISTORY_ARTIFACT} (it is written at the first --viz-interval)")
     history = history_from_json(history_file.read_text())
-    if samples_file.is_file():
+    if samples_file is not None and samples_file.is_file():
         samples = pd.DataFrame(samples_from_table(json.loads(samples_file.read_text())))
     else:
         samples = pd.DataFrame()

@@ -160,7 +160,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         run_ids = args.run_ids
     path = write_comparison(run_ids, Path(args.out) if args.out else None)
-    print(f"slimtrack: wrote {path} ({len(run_ids)} runs)")
+    print(f"slimtrack: wrote {path}")
     return EXIT_OK
 
 

@@ -84,28 +84,41 @@ def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run
     return MlflowTracker.start(config.tracking.experiment, run_name, tags, resume_run_id=resume_run_id)
 
 
+class StopFlag:
+    """Set by SIGTERM / the first Ctrl-C; the loop stops at the next step boundary, so the
+    final checkpoint never holds a half-applied optimizer step. A second Ctrl-C interrupts
+    at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the loop the way Ctrl-C does: checkpoint, flush, run KILLED."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+def stop_on_signals(flag: StopFlag) -> Iterator[None]:
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, flag.request) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class ConsoleAndTrackingHooks(LoopHooks):
     """After each step: MLflow (non-blocking), dashboard bookkeeping, progress bar, log line."""
 
     def __init__(self, config: Config, tracker: Any, viz: VisualizationManager, skips: SkipStats,
-                 save: Any) -> None:
+                 save: Any, stop: StopFlag) -> None:
         self.config, self.tracker, self.viz, self.skips, self.save = config, tracker, viz, skips, save
+        self.stop = stop
         self.bar = tqdm(total=config.train.max_chunks, desc="train", unit="step", dynamic_ncols=True,
                         file=sys.stderr, mininterval=1.0,
                         disable=None)  # no bar when stderr is not a terminal (CI, logs)
@@ -122,6 +135,8 @@ class ConsoleAndTrackingHooks(LoopHooks):
         self.bar.update(1)
         if record.step % self.config.train.log_interval == 0 or record.val_loss is not None:
             self.bar.write(record.console_line(), file=sys.stderr)
+        if self.stop.requested:
+            raise KeyboardInterrupt  # at a step boundary: the state is consistent
 
     def on_checkpoint(self, step: int) -> None:
         self.save(step)
@@ -239,10 +254,11 @@ def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcom
         job.tracker.log_artifact(path, "checkpoints")
         return path
 
-    hooks = ConsoleAndTrackingHooks(config, job.tracker, job.viz, job.skips, save)
+    stop = StopFlag()
+    hooks = ConsoleAndTrackingHooks(config, job.tracker, job.viz, job.skips, save, stop)
     status, message = "FINISHED", ""
     try:
-        with sigterm_as_interrupt():
+        with stop_on_signals(stop):
             job.trainer.fit(job.stream, job.val_chunks, hooks)
     except KeyboardInterrupt:
         status, message = "KILLED", f"interrupted at step {job.trainer.step}"
