@@ -131,6 +131,11 @@ class FusedAdamW(torch.optim.Optimizer):
         self._slots: dict[torch.Tensor, _Slot] = {}
         super().__init__(params, defaults)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickling and load_state_dict come through here: drop slots of the old state.
+        super().__setstate__(state)
+        self._slots = {}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         try:

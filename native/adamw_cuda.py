@@ -49,12 +49,12 @@ if config.ENABLE_CUDASIM:
 
 else:
     from llvmlite import ir
-    from numba.cuda.extending import intrinsic
-
     try:
         from numba.cuda import types
-    except ImportError:  # numba-cuda before the numba.cuda.types split
+        from numba.cuda.extending import intrinsic
+    except ImportError:  # older numba-cuda, still sharing numba.core's typing
         from numba.core import types
+        from numba.core.extending import intrinsic
 
     _sqrt_f32 = math.sqrt  # on float32 this lowers to sqrt.rn.f32
 

@@ -51,13 +51,26 @@ def _store_name(tracking_uri: str | None) -> str:
     return redact_uri(tracking_uri or mlflow.get_tracking_uri())
 
 
+def _store_error(exc: MlflowException, tracking_uri: str | None) -> str:
+    """First line of MLflow's message, with the store's credentials (which it quotes) removed."""
+    from slimtrack.tracking import redact_uri
+
+    uri = (tracking_uri or mlflow.get_tracking_uri()).rstrip("/")
+    detail = (str(exc).splitlines() or [""])[0].replace(uri, redact_uri(uri))
+    return detail if len(detail) <= 300 else detail[:299] + "…"
+
+
 # ---- single runs ---------------------------------------------------------------------------------
 def get_run(run_id: str, tracking_uri: str | None = None) -> Run:
     """The run, or a UserError naming the id (a typo must not be a traceback)."""
     try:
         return _client(tracking_uri).get_run(run_id)
-    except MlflowException:
-        raise UserError(f"no run {run_id!r} in the tracking store {_store_name(tracking_uri)}") from None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise UserError(f"no run {run_id!r} in the tracking store {_store_name(tracking_uri)}") from None
+        # Not a typo in the id: an unreachable server, a store we may not read, ...
+        raise UserError(f"cannot read run {run_id!r} from {_store_name(tracking_uri)}: "
+                        f"{_store_error(exc, tracking_uri)}") from None
 
 
 def display_names(runs: Sequence[Run]) -> list[str]:

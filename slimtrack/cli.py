@@ -81,6 +81,8 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="slimtrack", description="Train a GPT on SlimPajama and watch it learn in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_arguments(sub.add_parser("train", help="train a model (the main job)"))
+    sync = sub.add_parser("sync", help="deliver the tracking spool a run left when its server was away")
+    sync.add_argument("output_dir", help="the run's output folder (holds tracking_spool.jsonl)")
     report = sub.add_parser("report", help="rebuild a run's dashboard from the tracking store")
     report.add_argument("run_id", help="MLflow run id (finished, failed or killed)")
     report.add_argument("--out", help="PNG to write (default: dashboard-<id>.png)")
@@ -179,7 +181,24 @@ def exit_code(outcome: Any) -> int:
     return {"FINISHED": EXIT_OK, "KILLED": EXIT_INTERRUPTED}.get(outcome.status, EXIT_FAILED)
 
 
-COMMANDS = {"train": cmd_train, "report": cmd_report, "compare": cmd_compare}
+def cmd_sync(args: argparse.Namespace) -> int:
+    from slimtrack.spool import SPOOL_NAME
+    from slimtrack.tracking import MlflowTracker
+
+    if not (Path(args.output_dir) / SPOOL_NAME).is_file():
+        raise UserError(f"no {SPOOL_NAME} in {args.output_dir}: nothing to deliver")
+    tracker = MlflowTracker.for_sync(Path(args.output_dir))
+    count = len(tracker.spool)
+    tracker.replay()
+    if tracker.offline:
+        print(f"slimtrack: tracking server still unreachable; {len(tracker.spool)} operations stay "
+              f"spooled in {tracker.spool.path}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"slimtrack: delivered {count} spooled operations to run {tracker.run_id}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "report": cmd_report, "sync": cmd_sync, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,7 +143,7 @@ def save_png(fig: Figure, path_or_buffer: str | os.PathLike | IO[bytes], dpi: fl
     """Write the figure as PNG through the Agg canvas (never pyplot)."""
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)
-    # zlib level 1: a tenth of the render time at level 6, for a file ~10 % larger.
+    # zlib level 1 encodes ~3x faster than the default 6 (~8 % of a render) for a file ~10 % larger.
     fig.savefig(path_or_buffer, format="png", dpi=dpi if dpi is not None else fig.dpi,
                 pil_kwargs={"compress_level": 1})
 
@@ -182,13 +182,11 @@ def _setup(ax: Axes, title: str, ylabel: str, steps: np.ndarray | None = None, x
             ax.set_xlim(first - 1, first + 5)
 
 
-def _note(ax: Axes, text: str) -> None:
+def _no_data(ax: Axes, text: str = "no data yet", ylim: tuple[float, float] | None = (0, 1)) -> None:
+    """A grey note in the middle of an empty chart, which keeps its title and axes."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray", fontsize=12)
-
-
-def _no_data(ax: Axes, text: str = "no data yet") -> None:
-    _note(ax, text)
-    ax.set_ylim(0, 1)  # the empty default, -0.055..0.055, makes wide tick labels
+    if ylim:
+        ax.set_ylim(*ylim)  # the empty default, -0.055..0.055, makes wide tick labels
 
 
 def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> list:
@@ -248,8 +246,7 @@ def _plot_learning_rate(ax: Axes, df: pd.DataFrame) -> None:
     ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
     ax.yaxis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(2.5, 1.5)))
     if np.isnan(lr).all():
-        ax.set_ylim(1e-5, 1e-2)
-        _note(ax, "no positive learning rate yet")
+        _no_data(ax, "no positive learning rate yet", ylim=(1e-5, 1e-2))
 
 
 def _plot_loss_vs_accuracy(ax: Axes, df: pd.DataFrame) -> None:
@@ -268,8 +265,7 @@ def _plot_loss_vs_accuracy(ax: Axes, df: pd.DataFrame) -> None:
     colorbar.formatter = FuncFormatter(_with_thousands)
     ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=None))  # decimals fit the range
     if not len(keep):
-        _no_data(ax)
-        ax.set_ylim(0, 100)
+        _no_data(ax, ylim=(0, 100))
 
 
 def _plot_recent(ax: Axes, df: pd.DataFrame) -> None:
@@ -325,7 +321,7 @@ def _plot_samples(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> None:
     ax.axis("off")
     latest = sorted(samples, key=_sample_step)[-SAMPLE_ROWS:]  # stable: ties keep arrival order
     if not latest:
-        _note(ax, "no samples yet")
+        _no_data(ax, "no samples yet", ylim=None)
         return
     table = ax.table(
         cellText=[_sample_row(sample) for sample in latest],

@@ -76,12 +76,14 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
     }
 
 
-def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None) -> Any:
+def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None,
+                 spool_dir: Path) -> Any:
     if not config.tracking.enabled:
         from slimtrack.tracking import NullTracker
         return NullTracker()
     from slimtrack.tracking import MlflowTracker
-    return MlflowTracker.start(config.tracking.experiment, run_name, tags, resume_run_id=resume_run_id)
+    return MlflowTracker.start(config.tracking.experiment, run_name, tags, resume_run_id=resume_run_id,
+                               spool_dir=spool_dir)
 
 
 class StopFlag:
@@ -206,7 +208,8 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     tags = {**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
-    tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None)
+    tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
+                           output_dir)
     params = config.as_params()
     params["model.num_parameters"] = str(model.num_parameters())
     tracker.log_params(params)

@@ -1,34 +1,46 @@
-"""The only module that imports mlflow.
+"""The module that writes to MLflow (``analysis.py`` is the one that reads).
 
-``MlflowTracker`` attaches to the run ``mlflow run`` created (MLFLOW_RUN_ID) or
-starts one, logs the config as params once, and takes every TrainingMetrics
-record without blocking: records go on a queue that one background thread
-drains into ``MlflowClient.log_batch`` calls (a synchronous ``log_metrics`` per
-step costs ~11 ms against the default sqlite store, a large share of a small CPU
-step). Artifacts are sent from the same thread, in order. ``NullTracker`` is the
-``--no-tracking`` stand-in with the same interface.
+``MlflowTracker`` attaches to the run ``mlflow run`` created (MLFLOW_RUN_ID),
+reopens a run to resume, or starts one. Everything it sends is an *operation*, a
+plain dict (``{"op": "metrics", "points": [...]}``, ``{"op": "artifact", ...}``),
+put on a queue that one background thread delivers in order, merging consecutive
+metric records into ``log_batch`` calls (a synchronous ``log_metrics`` per step
+costs ~11 ms against the default sqlite store: a large share of a small CPU step).
+The training thread never waits on MLflow.
 
-MLflow keeps duplicate points at the same step and cannot delete them, so the
-tracker never sends a step twice (``MlflowTracker.last_logged``).
+Outages: when a delivery keeps failing, the tracker goes offline: it appends every
+operation to a durable spool (``spool.py``) in order, and replays the spool when
+the server answers again, at the end of the run, or with ``slimtrack sync``.
+Replay is idempotent: MLflow keeps duplicate points at a step and cannot delete
+them, so before replaying the tracker reads the last step the store holds for
+each key and skips every point at or below it (the same rule makes ``--resume``
+safe). ``NullTracker`` is the ``--no-tracking`` stand-in.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import mlflow
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+# Fail fast on an unreachable server (MLflow's defaults retry for minutes); the spool
+# takes over from there. A user's own settings win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
-from slimtrack.metrics import TrainingMetrics
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+
+from slimtrack.metrics import TrainingMetrics  # noqa: E402
+from slimtrack.spool import Spool  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +64,8 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-@dataclass
-class _Op:
-    """One unit of background work: a batch of metrics or an artifact upload."""
-
-    kind: str  # "metrics" | "call"
-    metrics: list[Metric] | None = None
-    call: Callable[[], Any] | None = None
-    description: str = ""
+def say(message: str) -> None:
+    print(f"slimtrack: {message}", file=sys.stderr, flush=True)
 
 
 class NullTracker:
@@ -70,9 +76,9 @@ class NullTracker:
 
     def log_params(self, params: dict[str, str]) -> None: ...
     def log_record(self, record: TrainingMetrics) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: float | None = None) -> None: ...
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None: ...
-    def log_image(self, image: Any, key: str, step: int) -> None: ...
+    def log_image(self, png_path: Path, key: str, step: int) -> None: ...
     def log_table_file(self, local_path: Path, artifact_path: str) -> None: ...
     def flush(self, timeout: float = 60.0) -> bool: return True
     def finish(self, status: str = "FINISHED") -> None: ...
@@ -80,108 +86,95 @@ class NullTracker:
 
 
 class MlflowTracker:
-    """Non-blocking MLflow logging for one run (rank 0 only)."""
+    """Non-blocking, outage-proof MLflow logging for one run (rank 0 only)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, started_here: bool) -> None:
+    def __init__(self, client: MlflowClient, spool: Spool | None) -> None:
         self.client = client
-        self.run_id = run_id
-        self.experiment_id = experiment_id
-        self.started_here = started_here
-        self.last_logged: dict[str, int] = {}  # key -> last step already in MLflow (resume)
-        self.retry_attempts = 5  # per delivery, with exponential backoff
-        self._queue: queue.Queue[_Op | None] = queue.Queue()
-        self._pending = 0  # ops queued but not yet delivered
-        self._pending_lock = threading.Condition()
+        self.spool = spool
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.started_here = True
+        self.last_logged: dict[str, int] = {}  # key -> last step the store holds
+        self.retry_attempts = 3  # per live delivery, before going offline
+        self.replay_interval = float(os.environ.get("SLIMTRACK_REPLAY_INTERVAL", "10"))
+        self.offline = False
+        self._last_replay = 0.0
         self._table_paths: list[str] = []
-        self._worker = threading.Thread(target=self._drain_forever, name="slimtrack-mlflow", daemon=True)
-        self._worker.start()
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._pending = 0
+        self._pending_lock = threading.Condition()
+        self._worker: threading.Thread | None = None
 
     # ---- starting -------------------------------------------------------------------------
     @classmethod
-    def start(cls, experiment: str, run_name: str, tags: dict[str, str],
-              resume_run_id: str | None = None) -> "MlflowTracker":
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str], resume_run_id: str | None = None,
+              spool_dir: Path | None = None) -> "MlflowTracker":
         """Attach to MLFLOW_RUN_ID (set by ``mlflow run``), reopen ``resume_run_id``
-        (``--resume``: our own run, RUNNING again), or create a run in ``experiment``."""
-        client = MlflowClient()  # honours MLFLOW_TRACKING_URI, else MLflow's default store
-        run_id = resume_run_id or os.environ.get("MLFLOW_RUN_ID")
-        if run_id:
-            run = client.get_run(run_id)
-            experiment_id = run.info.experiment_id
-            started_here = resume_run_id is not None
-            if run.info.status != "RUNNING":
-                client.update_run(run_id, status="RUNNING")
-        else:
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-            run_id = client.create_run(experiment_id, run_name=run_name or None).info.run_id
-            started_here = True
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        tracker = cls(client, run_id, experiment_id, started_here)
-        tracker._call_now(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
-        if resume_run_id:
-            tracker.load_logged_steps()
+        (``--resume``: our own run, RUNNING again), or create a run in ``experiment``.
+        With ``spool_dir``, an unreachable server at start is survived too: the run is
+        created when the spool is replayed."""
+        tracker = cls(MlflowClient(), Spool(spool_dir) if spool_dir else None)
+        start_op = {"op": "start", "experiment": experiment, "run_name": run_name, "tags": tags,
+                    "resume_run_id": resume_run_id, "attach_run_id": os.environ.get("MLFLOW_RUN_ID")}
+        try:
+            tracker._apply(start_op)
+        except Exception as exc:
+            if tracker.spool is None:
+                raise
+            tracker._go_offline(exc, [start_op])
+        tracker._start_worker()
         return tracker
 
-    def load_logged_steps(self) -> None:
-        """Remember the last step MLflow holds for each key, so a resumed run never logs a
-        step twice (MLflow keeps duplicate points and cannot delete them). A kill can land
-        between two log_batch calls, so the last step differs per key."""
-        run = self.client.get_run(self.run_id)
-        # RunData keeps each key's latest point (highest step) with its step; .metrics has values only.
-        for metric in run.data._metric_objs:
-            self.last_logged[metric.key] = max(self.last_logged.get(metric.key, 0), metric.step)
+    @classmethod
+    def for_sync(cls, spool_dir: Path) -> "MlflowTracker":
+        """A tracker that only replays the spool left in ``spool_dir`` (``slimtrack sync``)."""
+        tracker = cls(MlflowClient(), Spool(spool_dir))
+        known = [op["run_id"] for op in tracker.spool.read() if op.get("run_id")]
+        tracker.run_id = known[0] if known else None
+        tracker.offline = True
+        return tracker
 
-    # ---- what the trainer calls -------------------------------------------------------------
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._drain_forever, name="slimtrack-mlflow", daemon=True)
+        self._worker.start()
+
+    # ---- what the trainer calls (all return at once) -------------------------------------------
     def log_params(self, params: dict[str, str]) -> None:
         """Log params once; keys already on the run (``mlflow run -P``) are left as they are."""
-        existing = self.client.get_run(self.run_id).data.params
-        fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
-        for start in range(0, len(fresh), MAX_PARAMS_PER_BATCH):
-            batch = fresh[start:start + MAX_PARAMS_PER_BATCH]
-            self._call_now(lambda b=batch: self.client.log_batch(self.run_id, params=b))
+        self._enqueue({"op": "params", "params": {k: str(v)[:6000] for k, v in params.items()}})
 
     def log_record(self, record: TrainingMetrics) -> None:
-        """Queue one step's metrics; returns at once."""
         self.log_metrics(record.as_metrics(), record.step, timestamp=record.timestamp)
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp: float | None = None) -> None:
         millis = int((timestamp or time.time()) * 1000)
-        # A step already in MLflow from before a resume is never logged twice.
-        batch = [Metric(key, float(value), millis, step) for key, value in metrics.items()
-                 if step > self.last_logged.get(key, 0)]
-        if not batch:
-            return
-        self._enqueue(_Op("metrics", metrics=batch, description=f"metrics of step {step}"))
+        points = [[key, float(value), millis, step] for key, value in metrics.items()
+                  if step > self.last_logged.get(key, 0)]  # resumed: never log a step twice
+        if points:
+            self._enqueue({"op": "metrics", "points": points})
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        path = str(local_path)
-        self._enqueue(_Op("call", call=lambda: self.client.log_artifact(self.run_id, path, artifact_path),
-                          description=f"artifact {path}"))
+        self._enqueue({"op": "artifact", "path": str(local_path), "artifact_path": artifact_path})
 
-    def log_image(self, image: Any, key: str, step: int) -> None:
+    def log_image(self, png_path: Path, key: str, step: int) -> None:
         """A step-indexed image (the MLflow UI shows these with a step slider)."""
-        self._enqueue(_Op("call", call=lambda: self.client.log_image(self.run_id, image, key=key, step=step,
-                                                                      synchronous=True),
-                          description=f"image {key}@{step}"))
+        self._enqueue({"op": "image", "path": str(png_path), "key": key, "step": step})
 
     def log_table_file(self, local_path: Path, artifact_path: str) -> None:
         """Upload a file already in MLflow's table format and register it as a table.
 
-        ``mlflow.log_table`` downloads and re-concatenates an existing file on
-        every call (quadratic over a run); writing the file ourselves and
-        registering it in the ``mlflow.loggedArtifacts`` tag gives the UI the
-        same table view without that cost.
-        """
+        ``mlflow.log_table`` downloads and re-concatenates an existing file on every
+        call (quadratic over a run); writing the file ourselves and registering it in
+        the ``mlflow.loggedArtifacts`` tag gives the UI the same table view."""
         artifact_file = f"{artifact_path}/{Path(local_path).name}"
         if artifact_file not in self._table_paths:
             self._table_paths.append(artifact_file)
-        tag = "[" + ",".join(f'{{"path": "{p}", "type": "table"}}' for p in self._table_paths) + "]"
+        value = json.dumps([{"path": p, "type": "table"} for p in self._table_paths])
         self.log_artifact(local_path, artifact_path)
-        self._enqueue(_Op("call", call=lambda: self.client.set_tag(self.run_id, "mlflow.loggedArtifacts", tag),
-                          description="table tag"))
+        self._enqueue({"op": "tag", "key": "mlflow.loggedArtifacts", "value": value})
 
-    def flush(self, timeout: float = 120.0) -> bool:
-        """Wait until everything queued so far is delivered; False on timeout."""
+    def flush(self, timeout: float = 300.0) -> bool:
+        """Wait until everything queued so far is delivered or spooled; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._pending_lock:
             while self._pending > 0:
@@ -191,36 +184,42 @@ class MlflowTracker:
                 self._pending_lock.wait(min(remaining, 0.5))
         return True
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """Flush, stop the worker, and end the run (only a run we started, unless it failed)."""
-        delivered = self.flush()
-        if not delivered:
-            log.warning("mlflow: %d operations could not be delivered", self._pending)
-        self._queue.put(None)
-        self._worker.join(timeout=10)
-        if self.started_here or status != "FINISHED":
-            self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
-
     def log_model(self, model: Any, input_example: Any) -> None:
-        """The final model as an MLflow PyTorch model (``runs:/<id>/model``).
-
-        Saved in the 'pt2' (torch.export) format: loading it runs no pickled code.
-        """
+        """The final model as an MLflow PyTorch model (``runs:/<id>/model``), in the 'pt2'
+        (torch.export) format: loading it runs no pickled code."""
         import mlflow.pytorch
         import torch
 
         self.flush()
+        if self.offline or self.run_id is None:
+            say("tracking server unreachable: the final model is not logged (the checkpoints hold it)")
+            return
         try:
-            # log_model needs an active run; this one is ours already (end status is set in finish).
-            with mlflow.start_run(run_id=self.run_id):
+            with mlflow.start_run(run_id=self.run_id):  # log_model wants an active run: ours
                 mlflow.pytorch.log_model(model, name="model", serialization_format="pt2",
                                          input_example=input_example,
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
             log.error("mlflow: could not log the final model: %s", exc)
 
+    def finish(self, status: str = "FINISHED") -> None:
+        """Deliver (or spool) everything, end the run (only a run we started, unless it failed)."""
+        self.flush()
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+        if self.started_here or status != "FINISHED":
+            self._send_or_spool([{"op": "terminate", "status": status}])
+        if self.offline:
+            self.replay()
+        if self.offline and self.spool is not None:
+            say(f"{len(self.spool)} tracking operations are still spooled in {self.spool.path}; "
+                f"deliver them with: slimtrack sync {self.spool.path.parent}")
+
     def ui_hint(self) -> str:
         """How to open this run in the MLflow UI (Model-training mode)."""
+        if self.run_id is None:
+            return "(the run is created when the spool is delivered: slimtrack sync)"
         uri = mlflow.get_tracking_uri()
         path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
         if uri.startswith(("http://", "https://")):
@@ -228,74 +227,177 @@ class MlflowTracker:
         return f"mlflow ui --backend-store-uri {redact_uri(uri)}  then open http://127.0.0.1:5000/{path}"
 
     # ---- the background worker ---------------------------------------------------------------
-    def _enqueue(self, op: _Op) -> None:
+    def _enqueue(self, op: dict[str, Any]) -> None:
         with self._pending_lock:
             self._pending += 1
         self._queue.put(op)
 
-    def _call_now(self, fn: Callable[[], Any]) -> None:
-        """Setup calls (tags, params) run synchronously: they happen once, before training."""
-        fn()
-
     def _drain_forever(self) -> None:
         while True:
-            op = self._queue.get()
+            try:
+                op: Any = self._queue.get(timeout=self.replay_interval if self.offline else None)
+            except queue.Empty:
+                op = "tick"  # offline: wake up to try a replay
             if op is None:
                 return
-            ops = [op]
-            # Take whatever else is waiting so consecutive metric records share a log_batch.
-            while True:
+            ops = [] if op == "tick" else [op]
+            stop = False
+            while True:  # take whatever else waits: consecutive records share a log_batch
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self._deliver(ops)
-                    return
+                    stop = True
+                    break
                 ops.append(nxt)
-            self._deliver(ops)
-
-    def _deliver(self, ops: list[_Op]) -> None:
-        metrics: list[Metric] = []
-        metric_ops = 0
-        for op in ops:
-            if op.kind == "metrics":
-                metrics.extend(op.metrics or [])
-                metric_ops += 1
-                continue
-            self._send_metrics(metrics, metric_ops)  # keep ordering: metrics before the call
-            metrics, metric_ops = [], 0
-            self._with_retry(op.call, op.description)
-            self._done(1)
-        self._send_metrics(metrics, metric_ops)
-
-    def _send_metrics(self, metrics: list[Metric], op_count: int) -> None:
-        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            batch = metrics[start:start + MAX_METRICS_PER_BATCH]
-            self._with_retry(lambda b=batch: self.client.log_batch(self.run_id, metrics=b),
-                             f"{len(batch)} metric points")
-        self._done(op_count)
-
-    def _with_retry(self, fn: Callable[[], Any] | None, description: str) -> None:
-        """Retry a delivery with backoff; a lost artifact is logged, never raised into training."""
-        attempts = self.retry_attempts
-        delay = 0.5
-        for attempt in range(1, attempts + 1):
-            try:
-                if fn is not None:
-                    fn()
+            if self.offline and time.monotonic() - self._last_replay >= self.replay_interval:
+                self.replay()
+            self._send_or_spool(ops)
+            self._done(len(ops))
+            if stop:
                 return
-            except Exception as exc:  # noqa: BLE001 — the worker must survive any store error
-                if attempt == attempts:
-                    log.error("mlflow: giving up on %s after %d attempts: %s", description, attempts, exc)
+
+    def _send_or_spool(self, ops: list[dict[str, Any]]) -> None:
+        if not self.offline:
+            for index, op in enumerate(_merge_metrics(ops)):
+                try:
+                    self._with_retry(op)
+                except Exception as exc:  # noqa: BLE001 — the server is gone: spool from here on
+                    self._go_offline(exc, _merge_metrics(ops)[index:])
                     return
-                log.warning("mlflow: %s failed (%s); retrying in %.1fs", description, exc, delay)
+            return
+        if self.spool is not None:
+            self.spool.append([{**op, "run_id": self.run_id} if self.run_id else op for op in ops])
+        else:
+            log.error("mlflow: %d operations lost (no spool directory)", len(ops))
+
+    def _go_offline(self, exc: Exception, unsent: list[dict[str, Any]]) -> None:
+        self.offline = True
+        self._last_replay = time.monotonic()
+        where = self.spool.path if self.spool is not None else "nowhere (no spool)"
+        say(f"tracking server unreachable ({type(exc).__name__}: {str(exc)[:160]}); training goes on, "
+            f"records are spooled to {where}")
+        self._send_or_spool(unsent)
+
+    def _with_retry(self, op: dict[str, Any]) -> None:
+        delay = 0.5
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                self._apply(op)
+                return
+            except Exception as exc:  # noqa: BLE001
+                if attempt == self.retry_attempts:
+                    raise
+                log.warning("mlflow: %s failed (%s); retrying in %.1fs", op["op"], exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay *= 2
+
+    def replay(self) -> int:
+        """Deliver the spool in order; returns how many ops were delivered. Idempotent."""
+        self._last_replay = time.monotonic()
+        if self.spool is None:
+            return 0
+        ops = self.spool.read()
+        try:
+            if self.run_id is not None:
+                self.load_logged_steps()  # the store may hold some of these already
+            for index, op in enumerate(ops):
+                try:
+                    self._apply(op)
+                except Exception:
+                    self.spool.clear()
+                    self.spool.append(ops[index:])  # only what is still undelivered
+                    raise
+        except Exception as exc:  # noqa: BLE001 — still unreachable: try again later
+            log.info("mlflow: replay failed: %s", exc)
+            return 0
+        self.spool.clear()
+        self.offline = False
+        if ops:
+            say(f"tracking server is back: delivered {len(ops)} spooled operations")
+        return len(ops)
 
     def _done(self, count: int) -> None:
-        if count == 0:
-            return
-        with self._pending_lock:
-            self._pending -= count
-            self._pending_lock.notify_all()
+        if count:
+            with self._pending_lock:
+                self._pending -= count
+                self._pending_lock.notify_all()
+
+    # ---- applying one operation to the store ----------------------------------------------------
+    def load_logged_steps(self) -> None:
+        """Remember the last step the store holds for each key. A kill or an outage can land
+        between two log_batch calls, so the last step differs per key."""
+        run = self.client.get_run(self.run_id)
+        # RunData keeps each key's latest point (highest step) with its step; .metrics has values only.
+        for metric in run.data._metric_objs:
+            self.last_logged[metric.key] = max(self.last_logged.get(metric.key, 0), metric.step)
+
+    def _apply(self, op: dict[str, Any]) -> None:
+        kind = op["op"]
+        run_id = op.get("run_id") or self.run_id
+        if kind == "start":
+            self._apply_start(op)
+        elif kind == "metrics":
+            points = [Metric(k, v, ts, step) for k, v, ts, step in op["points"]
+                      if step > self.last_logged.get(k, 0)]
+            for start in range(0, len(points), MAX_METRICS_PER_BATCH):
+                batch = points[start:start + MAX_METRICS_PER_BATCH]
+                self.client.log_batch(run_id, metrics=batch)
+                for m in batch:
+                    self.last_logged[m.key] = max(self.last_logged.get(m.key, 0), m.step)
+        elif kind == "params":
+            existing = self.client.get_run(run_id).data.params
+            fresh = [Param(k, v) for k, v in op["params"].items() if k not in existing]
+            for start in range(0, len(fresh), MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run_id, params=fresh[start:start + MAX_PARAMS_PER_BATCH])
+        elif kind == "artifact":
+            self.client.log_artifact(run_id, op["path"], op["artifact_path"])
+        elif kind == "image":
+            self.client.log_image(run_id, _read_png(op["path"]), key=op["key"], step=op["step"],
+                                  synchronous=True)
+        elif kind == "tag":
+            self.client.set_tag(run_id, op["key"], op["value"])
+        elif kind == "terminate":
+            self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(op["status"])))
+        else:
+            raise ValueError(f"unknown tracking operation {kind!r}")
+
+    def _apply_start(self, op: dict[str, Any]) -> None:
+        client = self.client
+        run_id = op.get("resume_run_id") or op.get("attach_run_id")
+        if run_id:
+            run = client.get_run(run_id)
+            experiment_id = run.info.experiment_id
+            self.started_here = op.get("resume_run_id") is not None
+            if run.info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+        else:
+            found = client.get_experiment_by_name(op["experiment"])
+            experiment_id = found.experiment_id if found else client.create_experiment(op["experiment"])
+            run_id = client.create_run(experiment_id, run_name=op["run_name"] or None).info.run_id
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
+        self.run_id, self.experiment_id = run_id, experiment_id
+        if op.get("resume_run_id"):
+            self.load_logged_steps()
+
+
+def _merge_metrics(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive metric ops become one (one log_batch per 1000 points), order kept."""
+    merged: list[dict[str, Any]] = []
+    for op in ops:
+        if op["op"] == "metrics" and merged and merged[-1]["op"] == "metrics" and \
+                merged[-1].get("run_id") == op.get("run_id"):
+            merged[-1] = {**merged[-1], "points": merged[-1]["points"] + op["points"]}
+        else:
+            merged.append(op)
+    return merged
+
+
+def _read_png(path: str) -> Any:
+    """[H, W, 3] uint8 pixels of a PNG (log_image wants an array or a PIL image)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").copy()

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from slimtrack.metrics import TrainingMetrics, history_json
 from slimtrack.metrics import history_frame as build_history_frame
 
@@ -146,7 +144,6 @@ class VisualizationManager:
         figure = build_dashboard(build_history_frame(records), samples)
         step_png = self.dir / f"training_step_{request.step:06d}.png"
         save_png(figure, step_png)
-        image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()  # [H, W, 3] uint8
         latest_png = self.dir / "training_latest.png"
         _atomic_write_bytes(latest_png, step_png.read_bytes())
         history, samples_file = self.export_json(request)
@@ -155,7 +152,7 @@ class VisualizationManager:
         self.tracker.log_artifact(latest_png, VIZ_DIR)
         self.tracker.log_artifact(history, VIZ_DIR)
         self.tracker.log_table_file(samples_file, VIZ_DIR)
-        self.tracker.log_image(image, key=IMAGE_KEY, step=request.step)
+        self.tracker.log_image(step_png, key=IMAGE_KEY, step=request.step)
         self.rendered_steps.append(request.step)
 
 

@@ -3,7 +3,8 @@
 Tolerances. FusedAdamW and torch round differently at the last bit (the kernel
 multiplies by 1/sqrt(1 - beta2**t) where torch divides, and LLVM may use FMA), so
 after 20 training steps parameters and moments agree to ATOL=1e-6 absolute plus
-RTOL=1e-5 relative (observed: ~3e-7 on parameters of size ~0.5). FusedAdamW against
+RTOL=1e-5 relative (observed: <= 5e-8 on parameters of size ~0.4, vs the
+single-tensor, foreach and fused torch paths alike). FusedAdamW against
 itself (state_dict round trip) is bit-exact: same kernel, same chunking, same order.
 """
 

@@ -78,7 +78,10 @@ def test_artifacts_images_and_tables(mlflow_store, tmp_path):
     table = tmp_path / "text_samples.json"
     table.write_text(json.dumps({"columns": ["step", "input"], "data": [[1, "hi"]]}))
     tracker.log_table_file(table, "training_viz")
-    tracker.log_image(np.zeros((8, 8, 3), dtype=np.uint8), key="training_dashboard", step=5)
+    png = tmp_path / "dash.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(png)
+    tracker.log_image(png, key="training_dashboard", step=5)
     tracker.finish()
     client = MlflowClient()
     names = {a.path for a in client.list_artifacts(tracker.run_id, "training_viz")}
@@ -89,12 +92,23 @@ def test_artifacts_images_and_tables(mlflow_store, tmp_path):
     assert any("training_dashboard" in p and "+step+5+" in p for p in image_files), image_files
 
 
-def test_a_failing_store_never_raises_into_training(mlflow_store):
-    tracker = MlflowTracker.start("exp-e", "r", {})
+def test_a_failing_store_spools_and_never_raises_into_training(mlflow_store, tmp_path):
+    tracker = MlflowTracker.start("exp-e", "r", {}, spool_dir=tmp_path / "spool")
+    real_run = tracker.run_id
     tracker.run_id = "no-such-run"  # every delivery now fails on the worker thread
-    tracker.retry_attempts = 2  # keeps this test quick
+    tracker.retry_attempts = 1
     tracker.log_record(record(1))
+    tracker.log_record(record(2))
     assert tracker.flush(timeout=30)
+    assert tracker.offline and len(tracker.spool) >= 1
+    tracker.run_id = real_run  # "the server is back"
+    spooled = tracker.spool.read()
+    tracker.spool.clear()
+    tracker.spool.append([{k: v for k, v in op.items() if k != "run_id"} for op in spooled])
+    assert tracker.replay() == len(spooled)
+    tracker.finish()
+    steps = sorted(m.step for m in MlflowClient().get_metric_history(real_run, "loss"))
+    assert steps == [1, 2]
 
 
 def test_redact_uri_and_null_tracker():
