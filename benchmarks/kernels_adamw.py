@@ -91,9 +91,9 @@ def kernel_only_seconds(opt: FusedAdamW, launches: int = 20) -> float:
     from slimtrack.native.adamw import adamw_scalars
 
     params = [p for g in opt.param_groups for p in g["params"]]
-    ptrs = torch.tensor([[p.data_ptr(), opt.state[p]["exp_avg"].data_ptr(),
-                          opt.state[p]["exp_avg_sq"].data_ptr(), p.grad.data_ptr()] for p in params],
-                        dtype=torch.int64, device="cuda")
+    rows = [[p.data_ptr(), opt.state[p]["exp_avg"].data_ptr(),
+             opt.state[p]["exp_avg_sq"].data_ptr(), p.grad.data_ptr()] for p in params]
+    ptrs = torch.tensor(rows, dtype=torch.int64, device="cuda")
     scalars = torch.tensor([adamw_scalars(1e-3, 0.9, 0.999, 1e-8, 0.0, 1000)] * len(params),
                            dtype=torch.float32, device="cuda")
     chunks = torch.from_numpy(adamw_cuda.chunk_table(tuple(p.numel() for p in params),
@@ -137,7 +137,8 @@ def bench_model(name: str, device: str, reps: int) -> tuple[str, str]:
     cells += [f"{med['fused_adamw'] * 1e3:.3f}", f"{spread:.0%}",
               f"**{med[base_kind] / med['fused_adamw']:.2f}x** (vs {base_kind})"]
     if device == "cuda":
-        peak = next((v for k, v in PEAK_BYTES_PER_S.items() if k in torch.cuda.get_device_name()), None)
+        name_of_card = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BYTES_PER_S.items() if k in name_of_card), None)
         for seconds in (med["fused_adamw"], kernel_only_seconds(optimizers["fused_adamw"])):
             bytes_per_s = n_params * BYTES_PER_PARAM / seconds
             cells.append(f"{bytes_per_s / 1e9:.0f} ({bytes_per_s / peak:.0%})" if peak
@@ -162,7 +163,8 @@ def main(device: str = "cpu", quick: bool = False, threads: int = 2) -> str:
         lines.append(row)
         checks.append(check)
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {threads} threads"
-    footer = [f"\nmedian of {reps} interleaved samples per step time; {where}; torch {torch.__version__}"]
+    footer = [f"\nmedian of {reps} interleaved samples per step time; {where}; "
+              f"torch {torch.__version__}"]
     return "\n".join(lines + footer + checks)
 
 

@@ -38,8 +38,7 @@ ONE_MINUS_BETA1 = 1  # 1 - beta1          (exp_avg.lerp_(grad, 1 - beta1))
 BETA2 = 2  # beta2
 ONE_MINUS_BETA2 = 3  # 1 - beta2
 STEP_SIZE = 4  # lr / (1 - beta1 ** step)
-INV_BC2_SQRT = 5  # 1 / sqrt(1 - beta2 ** step)   (a multiply: a second divide per
-#                                         element costs ~10% on 2 cores, see adamw.py)
+INV_BC2_SQRT = 5  # 1 / sqrt(1 - beta2 ** step)  (a multiply; torch divides, see adamw.py)
 EPS = 6  # eps
 N_SCALARS = 7
 

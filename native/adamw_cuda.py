@@ -36,6 +36,7 @@ from .adamw_cpu import (BETA2, DECAY, EPS, EXP_AVG, EXP_AVG_SQ, GRAD, INV_BC2_SQ
 # ~1.3K blocks, enough to keep every SM of an H100/H200 streaming.
 CUDA_CHUNK = 1 << 13
 THREADS = 256
+ILP = 4  # elements in flight per thread: 16 independent loads before the first store
 
 if config.ENABLE_CUDASIM:
 
@@ -49,6 +50,7 @@ if config.ENABLE_CUDASIM:
 
 else:
     from llvmlite import ir
+
     try:
         from numba.cuda import types
         from numba.cuda.extending import intrinsic
@@ -67,7 +69,8 @@ else:
         sig = types.float32(types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
-            return builder.load(builder.gep(builder.inttoptr(args[0], _GLOBAL_F32_PTR), [args[1]]))
+            base = builder.inttoptr(args[0], _GLOBAL_F32_PTR)
+            return builder.load(builder.gep(base, [args[1]]))
 
         return sig, codegen
 
@@ -77,7 +80,8 @@ else:
         sig = types.void(types.int64, types.int64, types.float32)
 
         def codegen(context, builder, signature, args):
-            builder.store(args[2], builder.gep(builder.inttoptr(args[0], _GLOBAL_F32_PTR), [args[1]]))
+            base = builder.inttoptr(args[0], _GLOBAL_F32_PTR)
+            builder.store(args[2], builder.gep(base, [args[1]]))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -103,17 +107,30 @@ def adamw_multi_tensor_cuda(ptrs, scalars, chunks):
         step_size = scalars[t, STEP_SIZE]
         inv_bc2_sqrt = scalars[t, INV_BC2_SQRT]
         eps = scalars[t, EPS]
-        for i in range(cuda.threadIdx.x, n, cuda.blockDim.x):  # block-stride, coalesced
-            g = _load_f32(grad, i)
-            m = _load_f32(exp_avg, i)
-            v = _load_f32(exp_avg_sq, i)
-            m = m + one_minus_beta1 * (g - m)
-            v = v * beta2 + one_minus_beta2 * g * g
-            _store_f32(exp_avg, i, m)
-            _store_f32(exp_avg_sq, i, v)
-            denom = _sqrt_f32(v) * inv_bc2_sqrt + eps
-            p = _load_f32(param, i) * decay - step_size * (m / denom)
-            _store_f32(param, i, p)
+        # Block-stride over the chunk, ILP elements per thread per trip (coalesced). All
+        # loads of a trip come before its stores: through raw addresses the compiler
+        # must assume a store may alias a later load, so it would not batch them itself.
+        p = cuda.local.array(ILP, np.float32)
+        g = cuda.local.array(ILP, np.float32)
+        m = cuda.local.array(ILP, np.float32)
+        v = cuda.local.array(ILP, np.float32)
+        for base in range(cuda.threadIdx.x, n, ILP * cuda.blockDim.x):
+            for k in range(ILP):
+                i = base + k * cuda.blockDim.x
+                if i < n:
+                    g[k] = _load_f32(grad, i)
+                    m[k] = _load_f32(exp_avg, i)
+                    v[k] = _load_f32(exp_avg_sq, i)
+                    p[k] = _load_f32(param, i)
+            for k in range(ILP):
+                i = base + k * cuda.blockDim.x
+                if i < n:
+                    mk = m[k] + one_minus_beta1 * (g[k] - m[k])
+                    vk = v[k] * beta2 + one_minus_beta2 * g[k] * g[k]
+                    denom = _sqrt_f32(vk) * inv_bc2_sqrt + eps
+                    _store_f32(exp_avg, i, mk)
+                    _store_f32(exp_avg_sq, i, vk)
+                    _store_f32(param, i, p[k] * decay - step_size * (mk / denom))
 
 
 def launch(ptrs, scalars, chunks, blocks: int, threads: int = THREADS, stream=0) -> None:
@@ -122,10 +139,37 @@ def launch(ptrs, scalars, chunks, blocks: int, threads: int = THREADS, stream=0)
 
 
 # A small model has fewer chunks than the occupancy heuristic likes; that is expected.
-warnings.filterwarnings("ignore", message=r"Grid size .* will likely result in GPU under-utilization")
+# (numba wraps the message in terminal colour codes, hence the leading ".*")
+warnings.filterwarnings("ignore",
+                        message=r".*Grid size .* will likely result in GPU under-utilization")
 
-_device_chunks: dict[tuple[tuple[int, ...], int], tuple[object, object]] = {}
-_sm_counts: dict[int, int] = {}
+
+class _Launcher:
+    """Device-side tables for one model on one stream, made once and reused every step.
+
+    The chunk table never changes; the per-step table (addresses and scalars) is
+    rewritten in place by a copy on the same stream, so it cannot overtake the
+    previous step's kernel. Building DeviceNDArrays (``as_cuda_array``) each step
+    costs more than the copy, hence this cache.
+    """
+
+    def __init__(self, numels: tuple[int, ...], n_tensors: int, device, stream_handle: int) -> None:
+        import torch
+
+        chunks = torch.from_numpy(chunk_table(numels, CUDA_CHUNK).copy())
+        self.chunks = chunks.to(device)  # once per model: a blocking copy is fine
+        self.n_chunks = chunks.shape[0]
+        # int64 columns 0-3: addresses; columns 4-7 read as float32 8-15: the 7 scalars.
+        self.meta = torch.empty((n_tensors, 8), dtype=torch.int64, device=device)
+        self.ptrs_d = cuda.as_cuda_array(self.meta, sync=False)  # (n_tensors, 8) int64
+        self.scalars_d = cuda.as_cuda_array(self.meta.view(torch.float32)[:, 8:], sync=False)
+        self.chunks_d = cuda.as_cuda_array(self.chunks, sync=False)  # (n_chunks, 3) int64
+        sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+        self.blocks = min(self.n_chunks, 32 * sm_count)
+        self.stream = cuda.external_stream(stream_handle)
+
+
+_launchers: dict[tuple[int, tuple[int, ...], int], _Launcher] = {}
 
 
 def adamw_step_cuda(ptrs: np.ndarray, scalars: np.ndarray, numels: tuple[int, ...],
@@ -134,37 +178,23 @@ def adamw_step_cuda(ptrs: np.ndarray, scalars: np.ndarray, numels: tuple[int, ..
     import torch
 
     index = device.index if device.index is not None else torch.cuda.current_device()
-    device = torch.device("cuda", index)
-    with torch.cuda.device(index), cuda.gpus[index]:
-        chunks_d, n_chunks = _chunks_on(numels, device)
-        if n_chunks == 0:  # only empty tensors
+    handle = torch.cuda.current_stream(index).cuda_stream
+    key = (index, numels, handle)
+    with cuda.gpus[index]:
+        launcher = _launchers.get(key)
+        if launcher is None:
+            if len(_launchers) >= 64:  # e.g. a new stream per step: don't grow forever
+                _launchers.clear()
+            launcher = _launchers[key] = _Launcher(numels, ptrs.shape[0],
+                                                   torch.device("cuda", index), handle)
+        if launcher.n_chunks == 0:  # only empty tensors
             return
-        # One pinned upload for both per-step tables: int64 columns 0-3 hold the
-        # addresses, columns 4-7 reinterpreted as float32 hold the 7 scalars.
-        meta = torch.empty((ptrs.shape[0], 8), dtype=torch.int64, pin_memory=True)
-        meta_np = meta.numpy()
-        meta_np[:, :N_PTRS] = ptrs
-        meta_np.view(np.float32)[:, 8:8 + N_SCALARS] = scalars
-        # Ordered before the kernel on the current stream; torch's caching host
-        # allocator keeps the pinned block alive until the copy has run.
-        meta_dev = meta.to(device, non_blocking=True)
-        ptrs_d = cuda.as_cuda_array(meta_dev, sync=False)
-        scalars_d = cuda.as_cuda_array(meta_dev.view(torch.float32)[:, 8:], sync=False)
-        if index not in _sm_counts:
-            _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
-        blocks = min(n_chunks, 32 * _sm_counts[index])
-        stream = cuda.external_stream(torch.cuda.current_stream(index).cuda_stream)
-        launch(ptrs_d, scalars_d, chunks_d, blocks, THREADS, stream)
-
-
-def _chunks_on(numels: tuple[int, ...], device):
-    """The chunk table on ``device`` (uploaded once per model), and its length."""
-    import torch
-
-    key = (numels, device.index)
-    if key not in _device_chunks:
-        table = torch.from_numpy(chunk_table(numels, CUDA_CHUNK).copy())
-        dev = table.pin_memory().to(device, non_blocking=True)
-        _device_chunks[key] = (dev, cuda.as_cuda_array(dev, sync=False))
-    dev, arr = _device_chunks[key]
-    return arr, dev.shape[0]
+        host = torch.empty((ptrs.shape[0], 8), dtype=torch.int64, pin_memory=True)
+        host_np = host.numpy()
+        host_np[:, :N_PTRS] = ptrs
+        host_np.view(np.float32)[:, 8:8 + N_SCALARS] = scalars
+        # Async from pinned memory on the current stream (torch's caching host
+        # allocator keeps the pinned block until the copy has run): no host sync.
+        launcher.meta.copy_(host, non_blocking=True)
+        launch(launcher.ptrs_d, launcher.scalars_d, launcher.chunks_d, launcher.blocks,
+               THREADS, launcher.stream)

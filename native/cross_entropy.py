@@ -63,12 +63,9 @@ def _run_kernel(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
         x = x.contiguous()  # the gradient then lands in this copy, not in the caller's tensor
     n_rows = x.shape[0]
     if x.is_cuda:
-        from . import cross_entropy_cuda  # lazy: no CUDA import on CPU-only machines
-
-        row_loss, correct, count = cross_entropy_cuda.forward_torch(
-            x, targets.contiguous(), ignore_index, write_grad)
-        denom = count.clamp(min=1).to(torch.float32).reshape(())  # stays on the device
-        return row_loss.sum() / denom, correct.sum() / denom, row_loss, x
+        out, count = _cuda_forward(x, targets.contiguous(), ignore_index, write_grad)
+        means = out.sum(dim=1) / count.clamp(min=1)  # [2] f32, stays on the device: no sync
+        return means[0], means[1], out[0], x
 
     t = targets.detach().contiguous().numpy()
     bad = (t != ignore_index) & ((t < 0) | (t >= x.shape[1]))
@@ -83,6 +80,60 @@ def _run_kernel(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     loss = (row_loss.sum(dtype=torch.float64) / denom).to(torch.float32)
     accuracy = (correct.sum(dtype=torch.float64) / denom).to(torch.float32)
     return loss, accuracy, row_loss, x
+
+
+# ---- CUDA glue: numba device arrays over torch memory, torch's current stream ----
+# Launch overhead matters at small V. torch's __cuda_array_interface__ makes numba
+# create a stream object per array, so the glue describes the memory itself (no
+# "stream" key) and caches one external-stream wrapper per torch stream.
+
+_TYPESTR = {torch.float32: "<f4", torch.float16: "<f2", torch.int16: "<i2", torch.int64: "<i8"}
+_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_STREAMS: dict[int, object] = {}
+
+
+def _device_array(t: torch.Tensor):
+    """A numba device array over a contiguous CUDA tensor (no copy, no sync)."""
+    from numba import cuda
+
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)  # numba has no bf16: the kernels convert the bits
+    desc = {"shape": tuple(t.shape), "strides": None, "data": (t.data_ptr(), False),
+            "typestr": _TYPESTR[t.dtype], "version": 3}
+    return cuda.from_cuda_array_interface(desc, owner=t, sync=False)
+
+
+def _cuda_launch(t: torch.Tensor, launch) -> None:
+    """Run ``launch(stream)`` in t's device context on torch's current stream."""
+    from numba import cuda
+
+    ptr = torch.cuda.current_stream(t.device).cuda_stream
+    stream = _STREAMS.get(ptr)
+    if stream is None:
+        stream = _STREAMS[ptr] = cuda.external_stream(ptr)
+    with cuda.gpus[t.device.index or 0]:
+        launch(stream)
+
+
+def _cuda_forward(x: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                  write_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [2, N]: row losses and correct flags, count: non-ignored rows), on the device."""
+    from . import cross_entropy_cuda as kernels  # lazy: no CUDA import on CPU-only machines
+
+    out = torch.empty(2, x.shape[0], dtype=torch.float32, device=x.device)
+    count = (targets != ignore_index).sum()
+    _cuda_launch(x, lambda stream: kernels.launch_cross_entropy(
+        _device_array(out), _device_array(x), _device_array(targets),
+        _device_array(count.reshape(1)), ignore_index, write_grad, _KINDS[x.dtype], stream))
+    return out, count
+
+
+def _cuda_scale(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
+    from . import cross_entropy_cuda as kernels
+
+    g = grad_output.detach().to(device=grad.device, dtype=torch.float32).reshape(1)
+    _cuda_launch(grad, lambda stream: kernels.launch_scale(
+        _device_array(grad), _device_array(g), _KINDS[grad.dtype], stream))
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
@@ -108,9 +159,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
                                "gradient lives in the logits buffer and is scaled in place)")
         ctx.grad = None  # drop our reference: autograd may adopt the buffer as .grad
         if grad.is_cuda:
-            from . import cross_entropy_cuda
-
-            cross_entropy_cuda.scale_torch(grad, grad_loss)  # skips g == 1 on the device
+            _cuda_scale(grad, grad_loss)  # the kernel skips g == 1 on the device: no sync
         else:
             g = float(grad_loss)  # a CPU scalar: no device sync involved
             if g != 1.0:

@@ -88,8 +88,8 @@ def history_frame(run_ids: Sequence[str], keys: Iterable[str] | None = None,
     wanted = list(keys) if keys is not None else None
     rows = []
     for run_id in run_ids:
-        run_keys = wanted if wanted is not None else sorted(get_run(run_id, tracking_uri).data.metrics)
-        for key in run_keys:
+        run = get_run(run_id, tracking_uri)  # a typo is a UserError, not an empty history
+        for key in wanted if wanted is not None else sorted(run.data.metrics):
             # The client pages through long histories itself (the REST API serves 25,000 a page).
             rows.extend((run_id, m.step, key, m.value) for m in client.get_metric_history(run_id, key))
     return pd.DataFrame(rows, columns=["run", "step", "key", "value"])

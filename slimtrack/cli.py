@@ -81,6 +81,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="slimtrack", description="Train a GPT on SlimPajama and watch it learn in MLflow.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_arguments(sub.add_parser("train", help="train a model (the main job)"))
+    sub.add_parser("warmup", help="compile the numba kernels into the on-disk cache (fast first run)")
     sync = sub.add_parser("sync", help="deliver the tracking spool a run left when its server was away")
     sync.add_argument("output_dir", help="the run's output folder (holds tracking_spool.jsonl)")
     report = sub.add_parser("report", help="rebuild a run's dashboard from the tracking store")
@@ -181,6 +182,17 @@ def exit_code(outcome: Any) -> int:
     return {"FINISHED": EXIT_OK, "KILLED": EXIT_INTERRUPTED}.get(outcome.status, EXIT_FAILED)
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:  # noqa: ARG001
+    import time
+
+    from slimtrack.native import warmup
+
+    started = time.perf_counter()
+    warmup()
+    print(f"slimtrack: numba kernels compiled and cached in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from slimtrack.spool import SPOOL_NAME
     from slimtrack.tracking import MlflowTracker
@@ -198,7 +210,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "report": cmd_report, "sync": cmd_sync, "compare": cmd_compare}
+COMMANDS = {"train": cmd_train, "report": cmd_report, "sync": cmd_sync, "warmup": cmd_warmup, "compare": cmd_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,12 +39,14 @@ class TrainingMetrics:
     loss_by_source: dict[str, float] = field(default_factory=dict)  # mean loss per SlimPajama set
     val_loss: float | None = None  # set at evaluation steps only
     val_accuracy: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. rank/<r>/tokens_per_sec under DDP
 
     def as_metrics(self) -> dict[str, float]:
         """MLflow metric key -> value for this step (NaN-free keys only where defined)."""
         metrics = {key: float(getattr(self, key)) for key in STEP_METRIC_KEYS}
         for source, value in self.loss_by_source.items():
             metrics[SOURCE_PREFIX + source] = float(value)
+        metrics.update(self.extra)
         if self.val_loss is not None:
             metrics["val_loss"] = float(self.val_loss)
         if self.val_accuracy is not None:
@@ -53,7 +55,9 @@ class TrainingMetrics:
 
     def as_row(self) -> dict[str, Any]:
         """Flat dict: the record's fields with loss_by_source spread into columns."""
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "loss_by_source"}
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("loss_by_source", "extra")}
+        row.update(self.extra)
         for source, value in self.loss_by_source.items():
             row[SOURCE_PREFIX + source] = value
         return row
@@ -71,7 +75,7 @@ def history_frame(records: Iterable[TrainingMetrics]) -> pd.DataFrame:
     """One row per step, columns named as the record's fields (plus loss_by_source/<set>)."""
     rows = [r.as_row() for r in records]
     if not rows:
-        columns = [f.name for f in dataclasses.fields(TrainingMetrics) if f.name != "loss_by_source"]
+        columns = [f.name for f in dataclasses.fields(TrainingMetrics) if f.name not in ("loss_by_source", "extra")]
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
 
@@ -91,11 +95,12 @@ def history_json(records: Iterable[TrainingMetrics]) -> str:
 
 def records_from_json(text: str) -> list[TrainingMetrics]:
     """Inverse of ``history_json`` (used by resume and by ``slimtrack report``)."""
-    names = {f.name for f in dataclasses.fields(TrainingMetrics)}
+    names = {f.name for f in dataclasses.fields(TrainingMetrics)} - {"extra", "loss_by_source"}
     records = []
     for row in json.loads(text):
         by_source = {k[len(SOURCE_PREFIX):]: v for k, v in row.items() if k.startswith(SOURCE_PREFIX)}
         fields = {k: (math.nan if v is None and k in STEP_METRIC_KEYS + ("loss",) else v)
                   for k, v in row.items() if k in names}
-        records.append(TrainingMetrics(**fields, loss_by_source=by_source))
+        extra = {k: v for k, v in row.items() if k.startswith("rank/")}
+        records.append(TrainingMetrics(**fields, loss_by_source=by_source, extra=extra))
     return records

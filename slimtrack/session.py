@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from slimtrack import __version__
@@ -29,6 +30,7 @@ from slimtrack.checkpoint import (latest_checkpoint, load_checkpoint, restore_rn
                                   save_checkpoint)
 from slimtrack.config import Config
 from slimtrack.data import ChunkStream, SkipStats, iter_documents, validate_dataset
+from slimtrack.distributed import World, barrier, init_world, shutdown
 from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.model import GPT
@@ -36,6 +38,7 @@ from slimtrack.native.threads import configure_threads
 from slimtrack.tokenizer import load_tokenizer
 from slimtrack.trainer import (LoopHooks, NonFiniteLossError, SlimPajamaTrainer, default_output_dir,
                                resolve_device)
+from slimtrack.tracking import NullTracker
 from slimtrack.viz import VisualizationManager
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,6 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
 def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None,
                  spool_dir: Path) -> Any:
     if not config.tracking.enabled:
-        from slimtrack.tracking import NullTracker
         return NullTracker()
     from slimtrack.tracking import MlflowTracker
     return MlflowTracker.start(config.tracking.experiment, run_name, tags, resume_run_id=resume_run_id,
@@ -114,6 +116,19 @@ def stop_on_signals(flag: StopFlag) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+class WorkerHooks(LoopHooks):
+    """Ranks other than 0: no tracking, no files, no console; they join checkpoints and stops."""
+
+    def __init__(self, save: Any, stop: StopFlag) -> None:
+        self.save, self.stop = save, stop
+
+    def on_checkpoint(self, step: int) -> None:
+        self.save(step)
+
+    def stop_requested(self) -> bool:
+        return self.stop.requested
+
+
 class ConsoleAndTrackingHooks(LoopHooks):
     """After each step: MLflow (non-blocking), dashboard bookkeeping, progress bar, log line."""
 
@@ -137,11 +152,12 @@ class ConsoleAndTrackingHooks(LoopHooks):
         self.bar.update(1)
         if record.step % self.config.train.log_interval == 0 or record.val_loss is not None:
             self.bar.write(record.console_line(), file=sys.stderr)
-        if self.stop.requested:
-            raise KeyboardInterrupt  # at a step boundary: the state is consistent
 
     def on_checkpoint(self, step: int) -> None:
         self.save(step)
+
+    def stop_requested(self) -> bool:
+        return self.stop.requested
 
 
 @dataclass
@@ -173,6 +189,7 @@ def find_resume_point(target: str) -> ResumePoint:
 class Job:
     """Everything a run needs, built by ``setup``; ``run_training`` orders the rest."""
 
+    world: World
     config: Config
     model: torch.nn.Module
     stream: ChunkStream
@@ -187,42 +204,51 @@ class Job:
 def setup(config: Config, resume: ResumePoint | None) -> Job:
     threads = configure_threads(config.train.num_threads or None)
     seed_everything(config.train.seed)
-    device = resolve_device(config.train.device)
+    world, device = init_world(resolve_device(config.train.device))
     tokenizer = load_tokenizer(config.data.tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
     validate_dataset(config.data.dataset)
 
     skips = SkipStats()
-    stream = ChunkStream(iter_documents(config.data.dataset, "train", skips), tokenizer,
-                         config.data.batch_size, config.data.seq_len)
-    val_stream = ChunkStream(iter_documents(config.data.dataset, "validation", SkipStats()), tokenizer,
-                             config.data.batch_size, config.data.seq_len)
-    val_chunks = list(islice(val_stream, config.train.eval_chunks))
-    model = GPT(config.model).to(device)
+    stream = ChunkStream(iter_documents(config.data.dataset, "train", skips, rank=world.rank,
+                                        world_size=world.world_size),
+                         tokenizer, config.data.batch_size, config.data.seq_len)
+    val_chunks = validation_chunks(config, tokenizer) if world.is_main else []
+    module = GPT(config.model).to(device)  # same seed on every rank: identical initial weights
+    model = DistributedDataParallel(module) if world.enabled else module
 
     run_name = config.tracking.run_name or default_run_name(config)
-    if resume is not None:
-        output_dir = resume.output_dir
-    else:
-        output_dir = Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name)
+    output_dir = resume.output_dir if resume else (
+        Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name))
     output_dir = output_dir.resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tags = {**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
-    tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
-                           output_dir)
-    params = config.as_params()
-    params["model.num_parameters"] = str(model.num_parameters())
-    tracker.log_params(params)
-
-    viz = VisualizationManager(output_dir, tracker, config.train.viz_interval)
-    trainer = SlimPajamaTrainer(config, model, tokenizer, device, lambda: stream.source_names)
-    job = Job(config, model, stream, val_chunks, skips, tracker, viz, trainer, output_dir)
+    if world.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tags = {**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
+        tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
+                               output_dir)
+        params = {**config.as_params(), "model.num_parameters": str(module.num_parameters()),
+                  "world_size": str(world.world_size)}
+        tracker.log_params(params)
+        viz = VisualizationManager(output_dir, tracker, config.train.viz_interval)
+    else:  # only rank 0 talks to MLflow and writes files
+        tracker, viz = NullTracker(), None
+    trainer = SlimPajamaTrainer(config, model, tokenizer, device, lambda: stream.source_names, world)
+    job = Job(world, config, module, stream, val_chunks, skips, tracker, viz, trainer, output_dir)
     if resume is not None:
         restore(job, resume)
-    print(f"slimtrack: {model.num_parameters():,} parameters on {device}, {threads} threads, "
-          f"output in {output_dir}" + (f", run {tracker.run_id}" if tracker.run_id else "")
-          + (f", resuming after step {trainer.step}" if resume else ""), file=sys.stderr)
+    if world.is_main:
+        print(f"slimtrack: {module.num_parameters():,} parameters on {device}, {threads} threads"
+              + (f" x {world.world_size} ranks" if world.enabled else "") + f", output in {output_dir}"
+              + (f", run {tracker.run_id}" if tracker.run_id else "")
+              + (f", resuming after step {trainer.step}" if resume else ""), file=sys.stderr)
     return job
+
+
+def validation_chunks(config: Config, tokenizer: Any) -> list[Any]:
+    """The first eval_chunks chunks of the held-out split (the same for every run)."""
+    stream = ChunkStream(iter_documents(config.data.dataset, "validation", SkipStats()), tokenizer,
+                         config.data.batch_size, config.data.seq_len)
+    return list(islice(stream, config.train.eval_chunks))
 
 
 def restore(job: Job, resume: ResumePoint) -> None:
@@ -233,7 +259,8 @@ def restore(job: Job, resume: ResumePoint) -> None:
     job.trainer.step = int(state["step"])
     job.trainer.tokens_seen = int(state["tokens_seen"])
     job.stream.skip(job.trainer.step)  # one chunk per step: the exact next chunk comes next
-    job.viz.restore(until_step=job.trainer.step)
+    if job.viz is not None:
+        job.viz.restore(until_step=job.trainer.step)
     restore_rng_state(state["rng"])
 
 
@@ -249,16 +276,18 @@ def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcom
     """Train as configured (or continue ``resume``) and leave a complete run."""
     job = setup(config, resume)
 
-    def save(step: int) -> Path:
-        job.tracker.flush()  # everything up to this step is in MLflow before the checkpoint says so
-        job.viz.export_now()  # and on disk: a resumed run continues the local history from here
-        path = save_checkpoint(job.output_dir / "checkpoints", step, checkpoint_state(job, step),
-                               config.train.keep_checkpoints)
-        job.tracker.log_artifact(path, "checkpoints")
-        return path
+    def save(step: int) -> None:
+        if job.world.is_main:
+            job.tracker.flush()  # everything up to this step is in MLflow before the checkpoint says so
+            job.viz.export_now()  # and on disk: a resumed run continues the local history from here
+            path = save_checkpoint(job.output_dir / "checkpoints", step, checkpoint_state(job, step),
+                                   config.train.keep_checkpoints)
+            job.tracker.log_artifact(path, "checkpoints")
+        barrier(job.world)
 
     stop = StopFlag()
-    hooks = ConsoleAndTrackingHooks(config, job.tracker, job.viz, job.skips, save, stop)
+    hooks = (ConsoleAndTrackingHooks(config, job.tracker, job.viz, job.skips, save, stop) if job.world.is_main
+             else WorkerHooks(save, stop))
     status, message = "FINISHED", ""
     try:
         with stop_on_signals(stop):
@@ -276,16 +305,19 @@ def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcom
         status = "FAILED" if job.trainer.step == 0 else status
     _finish(job, hooks, status, save, save_final=status != "FAILED" and job.trainer.step > 0)
     if job.skips.total:
-        print(f"slimtrack: skipped {job.skips.summary()}", file=sys.stderr)
+        print(f"slimtrack: rank {job.world.rank} skipped {job.skips.summary()}", file=sys.stderr)
+    shutdown(job.world)
     return RunOutcome(status, job.tracker.run_id, job.output_dir, job.trainer.step, message)
 
 
-def _finish(job: Job, hooks: ConsoleAndTrackingHooks, status: str, save: Any, save_final: bool) -> None:
+def _finish(job: Job, hooks: LoopHooks, status: str, save: Any, save_final: bool) -> None:
     """Final checkpoint, the last dashboard, the model, every record delivered, the run status."""
-    hooks.bar.close()
     trainer, tracker = job.trainer, job.tracker
     if save_final and trainer.step % job.config.train.checkpoint_interval != 0:
         save(trainer.step)
+    if not job.world.is_main:
+        return
+    hooks.bar.close()
     job.viz.close()
     if status == "FINISHED" and hasattr(tracker, "log_model"):
         example = np.zeros((1, job.config.data.seq_len), dtype=np.int64)  # [1, T] token ids

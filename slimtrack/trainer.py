@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from slimtrack.config import Config, TrainConfig
+from slimtrack.distributed import ReducedStep, World, reduce_step
 from slimtrack.metrics import TrainingMetrics
 
 IGNORE_INDEX = -100
@@ -72,14 +73,17 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, kernels: str) -> t
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8)
 
 
-def loss_by_source(row_loss: torch.Tensor, sources: torch.Tensor, names: list[str]) -> dict[str, float]:
-    """Mean loss per source set. row_loss [N], sources [N] (ids into names)."""
+def loss_sums_by_source(row_loss: torch.Tensor, sources: torch.Tensor, names: list[str]
+                        ) -> dict[str, tuple[float, int]]:
+    """(loss sum, token count) per source set. row_loss [N], sources [N] (ids into names).
+
+    Sums, not means, so ranks can be combined exactly (distributed.reduce_step)."""
     n = len(names)
     if n == 0:
         return {}
     sums = torch.bincount(sources, weights=row_loss.double(), minlength=n)
     counts = torch.bincount(sources, minlength=n)
-    return {names[i]: float(sums[i] / counts[i]) for i in range(n) if counts[i] > 0}
+    return {names[i]: (float(sums[i]), int(counts[i])) for i in range(n) if counts[i] > 0}
 
 
 @dataclass
@@ -87,19 +91,21 @@ class StepResult:
     loss: float
     accuracy: float
     grad_norm: float
-    by_source: dict[str, float]
+    by_source: dict[str, tuple[float, int]]  # set -> (loss sum, tokens)
     sample: dict[str, Any] | None
 
 
 class SlimPajamaTrainer:
     def __init__(self, config: Config, model: torch.nn.Module, tokenizer: Any, device: torch.device,
-                 source_names: Callable[[], list[str]]) -> None:
+                 source_names: Callable[[], list[str]], world: World = World()) -> None:
         self.config = config
-        self.model = model
+        self.model = model  # what trains: the GPT, or DistributedDataParallel(GPT)
+        self.module = getattr(model, "module", model)  # the GPT itself (eval, checkpoints)
         self.tokenizer = tokenizer
         self.device = device
         self.source_names = source_names
-        self.optimizer = build_optimizer(model, config.train, config.train.kernels)
+        self.world = world
+        self.optimizer = build_optimizer(self.module, config.train, config.train.kernels)
         self.step = 0  # optimizer steps done
         self.tokens_seen = 0
         self._process = psutil.Process()
@@ -125,7 +131,7 @@ class SlimPajamaTrainer:
         clip = self.config.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         self.optimizer.step()
-        by_source = loss_by_source(row_loss.cpu(), chunk.sources[:, 1:].reshape(-1), self.source_names())
+        by_source = loss_sums_by_source(row_loss.cpu(), chunk.sources[:, 1:].reshape(-1), self.source_names())
         return StepResult(float(loss.detach()), float(accuracy), float(grad_norm), by_source, sample)
 
     def _sample(self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> dict[str, Any]:
@@ -145,13 +151,13 @@ class SlimPajamaTrainer:
         """Mean loss and accuracy over held-out chunks (torch ops: nothing is written in place)."""
         if not chunks:
             return math.nan, math.nan
-        self.model.eval()
+        self.module.eval()
         total_loss = total_correct = total = 0.0
         for chunk in chunks:
             tokens = chunk.tokens.to(self.device)
             inputs, targets = tokens[:, :-1], tokens[:, 1:].reshape(-1)
             with self._autocast():
-                logits = self.model(inputs)
+                logits = self.module(inputs)
             logits = logits.reshape(targets.numel(), -1).float()
             total_loss += float(F.cross_entropy(logits, targets, reduction="sum"))
             total_correct += float((logits.argmax(-1) == targets).sum())
@@ -159,19 +165,22 @@ class SlimPajamaTrainer:
         return total_loss / total, total_correct / total
 
     # ---- the record of a step ------------------------------------------------------------------
-    def make_record(self, result: StepResult, lr: float, seconds: float, tokens: int) -> TrainingMetrics:
+    def make_record(self, step: ReducedStep, grad_norm: float, lr: float, seconds: float) -> TrainingMetrics:
         gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else 0.0
         return TrainingMetrics(
-            step=self.step, loss=result.loss, accuracy=result.accuracy,
-            tokens_per_sec=tokens / max(seconds, 1e-9), learning_rate=lr, timestamp=time.time(),
-            gpu_memory_mb=gpu_mb, rss_mb=self._process.memory_info().rss / 2**20,
-            grad_norm=result.grad_norm, step_time_ms=seconds * 1000.0, tokens_seen=self.tokens_seen,
-            loss_by_source=result.by_source,
+            step=self.step, loss=step.loss, accuracy=step.accuracy, tokens_per_sec=step.tokens_per_sec,
+            learning_rate=lr, timestamp=time.time(), gpu_memory_mb=gpu_mb,
+            rss_mb=self._process.memory_info().rss / 2**20, grad_norm=grad_norm,
+            step_time_ms=seconds * 1000.0, tokens_seen=self.tokens_seen, loss_by_source=step.by_source,
+            extra=step.per_rank,
         )
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self, chunks: Iterable[Any], val_chunks: list[Any], hooks: "LoopHooks") -> None:
-        """Train until max_chunks steps are done or the chunks run out."""
+        """Train until max_chunks steps are done or the chunks run out.
+
+        Raises KeyboardInterrupt at a step boundary when a stop was requested (on any rank),
+        NonFiniteLossError when the loss is NaN or Inf."""
         cfg = self.config.train
         sample_every = max(1, cfg.viz_interval // 5)
         for chunk in chunks:
@@ -184,20 +193,24 @@ class SlimPajamaTrainer:
             started = time.perf_counter()
             result = self.train_on_chunk(chunk, want_sample)
             seconds = time.perf_counter() - started
-            self.step += 1
             tokens = int(chunk.tokens[:, 1:].numel())
-            self.tokens_seen += tokens
-            record = self.make_record(result, lr, seconds, tokens)
-            if not math.isfinite(result.loss):
+            reduced = reduce_step(self.world, result.loss, result.accuracy, tokens, seconds, result.by_source,
+                                  hooks.stop_requested())
+            self.step += 1
+            self.tokens_seen += reduced.tokens
+            record = self.make_record(reduced, result.grad_norm, lr, seconds)
+            if not math.isfinite(record.loss):
                 hooks.on_step(record, None)
-                raise NonFiniteLossError(self.step, result.loss)
-            if self.step % cfg.eval_interval == 0 or self.step == cfg.max_chunks:
+                raise NonFiniteLossError(self.step, record.loss)
+            if self.world.is_main and (self.step % cfg.eval_interval == 0 or self.step == cfg.max_chunks):
                 record.val_loss, record.val_accuracy = self.evaluate(val_chunks)
             if result.sample is not None:
                 result.sample["step"] = self.step
             hooks.on_step(record, result.sample)
             if self.step % cfg.checkpoint_interval == 0:
                 hooks.on_checkpoint(self.step)
+            if reduced.stop:
+                raise KeyboardInterrupt  # at a step boundary: the state is consistent
 
 
 class LoopHooks:
@@ -205,6 +218,7 @@ class LoopHooks:
 
     def on_step(self, record: TrainingMetrics, sample: dict[str, Any] | None) -> None: ...
     def on_checkpoint(self, step: int) -> None: ...
+    def stop_requested(self) -> bool: return False
 
 
 def resolve_device(name: str) -> torch.device:

@@ -45,7 +45,7 @@ def free_port() -> int:
 @contextmanager
 def mlflow_server(tmp_path: Path, backend_store_uri: str | None = None,
                   artifacts_destination: Path | None = None,
-                  timeout: float = START_TIMEOUT_S) -> Iterator[str]:
+                  timeout: float = START_TIMEOUT_S, port: int | None = None) -> Iterator[str]:
     """Start ``mlflow server`` on a free port, yield its URL, stop it afterwards.
 
     By default the backend is ``tmp_path/server.db`` and artifacts go to
@@ -56,7 +56,7 @@ def mlflow_server(tmp_path: Path, backend_store_uri: str | None = None,
     tmp_path.mkdir(parents=True, exist_ok=True)
     backend_store_uri = backend_store_uri or f"sqlite:///{tmp_path / 'server.db'}"
     artifacts_destination = Path(artifacts_destination or tmp_path / "server-artifacts")
-    port = free_port()
+    port = port or free_port()  # a fixed port lets a test stop and restart "the same" server
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", backend_store_uri,

@@ -145,7 +145,7 @@ def test_history_frame_defaults_to_all_keys_of_each_run(store):
     assert set(tidy[tidy.run == ids["beta"]].key) == {"loss", "accuracy"}
     assert {"val_loss", "tokens_seen", "loss_by_source/PythonDocs"} <= set(tidy[tidy.run == ids["alpha"]].key)
     with pytest.raises(UserError, match="no run 'missing'"):
-        analysis.history_frame(["missing"], tracking_uri=store["uri"])
+        analysis.history_frame(["missing"], ["loss"], store["uri"])
 
 
 def test_wide_history_pivots_one_row_per_step(store):

@@ -6,7 +6,7 @@ import torch
 from slimtrack.config import ModelConfig, TrainConfig
 from slimtrack.metrics import TrainingMetrics, history_frame, history_json, records_from_json
 from slimtrack.model import GPT
-from slimtrack.trainer import compute_loss, learning_rate, loss_by_source
+from slimtrack.trainer import compute_loss, learning_rate, loss_sums_by_source
 
 
 def tiny_model(**kw) -> GPT:
@@ -57,10 +57,10 @@ def test_torch_loss_matches_cross_entropy_and_argmax():
     assert rows.shape == (12,) and not rows.requires_grad
 
 
-def test_loss_by_source_is_the_mean_per_set():
+def test_loss_sums_by_source():
     rows = torch.tensor([1.0, 3.0, 5.0, 7.0])
     sources = torch.tensor([0, 0, 1, 1])
-    assert loss_by_source(rows, sources, ["A", "B", "C"]) == {"A": 2.0, "B": 6.0}
+    assert loss_sums_by_source(rows, sources, ["A", "B", "C"]) == {"A": (4.0, 2), "B": (12.0, 2)}
 
 
 def record(step, **kw):

@@ -47,7 +47,8 @@ def groups(model: torch.nn.Module) -> list[dict]:
 def make_opt(kind: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     if kind == "fused_adamw":
         return FusedAdamW(groups(model), lr=BASE_LR, betas=(0.9, 0.95))
-    options = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    options = {"single": dict(foreach=False), "foreach": dict(foreach=True),
+               "fused": dict(fused=True)}
     return torch.optim.AdamW(groups(model), lr=BASE_LR, betas=(0.9, 0.95), **options[kind])
 
 
@@ -89,7 +90,8 @@ def test_reference_step_is_torch_adamw():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(50))
     mine = [p.detach().clone(), torch.zeros(50), torch.zeros(50)]
-    opt = torch.optim.AdamW([p], lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2, foreach=False)
+    opt = torch.optim.AdamW([p], lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2,
+                            foreach=False)
     for step in range(1, 4):
         p.grad = torch.randn(50)
         opt.step()

@@ -75,7 +75,8 @@ def test_importing_native_does_not_touch_cuda():
         from slimtrack.native.adamw import FusedAdamW
         p = torch.nn.Parameter(torch.zeros(3)); p.grad = torch.ones(3)
         FusedAdamW([p]).step()
-        print("CUDA_MODULES", "slimtrack.native.adamw_cuda" in sys.modules, "numba.cuda" in sys.modules)
+        print("CUDA_MODULES", "slimtrack.native.adamw_cuda" in sys.modules,
+              "numba.cuda" in sys.modules)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)

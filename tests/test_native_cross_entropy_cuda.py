@@ -43,31 +43,35 @@ SIM_SCRIPT = textwrap.dedent(r"""
         return rl.detach().numpy(), correct.numpy(), xt.grad.numpy()
 
     rng = np.random.default_rng(0)
-    N, V = 3, 37                      # V is not a multiple of the block (16)
-    x = (rng.standard_normal((N, V)) * 3).astype(np.float32)
-    x[0, 30] = x[0, 6] = 20.0         # tie, across threads: index 6 must win
+    x = (rng.standard_normal((3, 37)) * 3).astype(np.float32)  # V=37: not a multiple of 16
+    x[0, 30] = x[0, 6] = 20.0         # tie across threads: index 6 must win
     x[1, 5] = x[1, 21] = 20.0         # tie within one thread's columns (5, 21)
-    tg = np.array([6, 21, -100], np.int64)
+    x[2, 0] = np.nan                  # ignored row: zero gradient even so
+    wide = (rng.standard_normal((2, 150)) * 3).astype(np.float32)  # 3 loop trips a thread
+    wide[1, 149] = 30.0
+    cases = {"small": (x, np.array([6, 21, -100], np.int64)),
+             "wide": (wide, np.array([17, 149], np.int64))}
     out = {}
-    for kind in ("float32", "float16", "bfloat16"):
-        store = {"float32": lambda: x.copy(), "float16": lambda: x.astype(np.float16),
-                 "bfloat16": lambda: torch.tensor(x).bfloat16().view(torch.int16).numpy()}[kind]()
-        r_loss, r_correct, r_grad = reference(as_f32(store, kind), tg)
-        d_x = cuda.to_device(store)
-        d_loss = cuda.device_array(N, np.float32)
-        d_correct = cuda.device_array(N, np.float32)
-        count = cuda.to_device(np.array([(tg != -100).sum()], np.int64))
-        K.launch_cross_entropy(d_loss, d_correct, d_x, cuda.to_device(tg), count, -100, True,
-                               kind, block=16)
-        grad = as_f32(d_x.copy_to_host(), kind)
-        K.launch_scale(d_x, cuda.to_device(np.array([-3.0], np.float32)), kind, block=16)
-        grad3 = as_f32(d_x.copy_to_host(), kind)
-        out[kind] = dict(
-            loss_err=float(np.abs(d_loss.copy_to_host() - r_loss).max()),
-            correct=d_correct.copy_to_host().tolist(), ref_correct=r_correct.tolist(),
-            grad_err=float(np.abs(grad - r_grad).max()),
-            scale_err=float(np.abs(grad3 + 3 * grad).max()),
-            ignored_row_zero=bool((grad[2] == 0).all()))
+    for case, (x, tg) in cases.items():
+        N, V = x.shape
+        for kind in ("float32", "float16", "bfloat16"):
+            store = {"float32": lambda: x.copy(), "float16": lambda: x.astype(np.float16),
+                     "bfloat16": lambda: torch.tensor(x).bfloat16().view(torch.int16).numpy()}[kind]()
+            r_loss, r_correct, r_grad = reference(np.nan_to_num(as_f32(store, kind)), tg)
+            d_x = cuda.to_device(store)
+            d_out = cuda.device_array((2, N), np.float32)  # row losses, correct flags
+            count = cuda.to_device(np.array([(tg != -100).sum()], np.int64))
+            K.launch_cross_entropy(d_out, d_x, cuda.to_device(tg), count, -100, True, kind, block=16)
+            d_loss, d_correct = d_out.copy_to_host()
+            grad = as_f32(d_x.copy_to_host(), kind)
+            K.launch_scale(d_x, cuda.to_device(np.array([-3.0], np.float32)), kind, block=16)
+            grad3 = as_f32(d_x.copy_to_host(), kind)
+            out[case + "/" + kind] = dict(
+                loss_err=float(np.abs(d_loss - r_loss).max()),
+                correct=d_correct.tolist(), ref_correct=r_correct.tolist(),
+                grad_err=float(np.abs(grad - r_grad).max()),
+                scale_err=float(np.abs(grad3 + 3 * grad).max()),
+                ignored_rows_zero=bool((grad[tg == -100] == 0).all()))
 
     # bf16 store rounds to nearest even, exactly like torch (ties, NaN, inf, -0).
     @cuda.jit
@@ -90,11 +94,11 @@ SIM_SCRIPT = textwrap.dedent(r"""
                                  and np.isnan(back[~finite]).all())
 
     # an out-of-range target gives a NaN loss (the GPU path cannot raise without a sync)
-    d_loss = cuda.device_array(1, np.float32)
-    K.launch_cross_entropy(d_loss, cuda.device_array(1, np.float32),
-                           cuda.to_device(x[:1].copy()), cuda.to_device(np.array([V], np.int64)),
+    d_out = cuda.device_array((2, 1), np.float32)
+    K.launch_cross_entropy(d_out, cuda.to_device(x[:1].copy()),
+                           cuda.to_device(np.array([V], np.int64)),
                            cuda.to_device(np.array([1], np.int64)), -100, True, "float32", block=16)
-    out["out_of_range_nan"] = bool(np.isnan(d_loss.copy_to_host()[0]))
+    out["out_of_range_nan"] = bool(np.isnan(d_out.copy_to_host()[0, 0]))
     print("RESULT " + json.dumps(out))
 """)
 
@@ -130,13 +134,14 @@ def _run(script: str, sim: bool) -> dict:
 def test_kernels_under_cuda_simulator() -> None:
     res = _run(SIM_SCRIPT, sim=True)
     grad_tol = {"float32": 1e-6, "float16": 3e-4, "bfloat16": 2e-3}  # 1/3 * one storage ulp
-    for kind, tol in grad_tol.items():
-        r = res[kind]
-        assert r["loss_err"] < (1e-5 if kind == "float32" else 1e-4), (kind, r)
-        assert r["correct"] == r["ref_correct"] == [1.0, 0.0, 0.0], (kind, r)
-        assert r["grad_err"] < tol, (kind, r)
-        assert r["scale_err"] < 3 * tol, (kind, r)
-        assert r["ignored_row_zero"], (kind, r)
+    for case, expected_correct in (("small", [1.0, 0.0, 0.0]), ("wide", [0.0, 1.0])):
+        for kind, tol in grad_tol.items():
+            r = res[f"{case}/{kind}"]
+            assert r["loss_err"] < (1e-5 if kind == "float32" else 1e-4), (case, kind, r)
+            assert r["correct"] == r["ref_correct"] == expected_correct, (case, kind, r)
+            assert r["grad_err"] < tol, (case, kind, r)
+            assert r["scale_err"] < 3 * tol, (case, kind, r)
+            assert r["ignored_rows_zero"], (case, kind, r)
     assert res["bf16_rne_exact"]
     assert res["out_of_range_nan"]
 
