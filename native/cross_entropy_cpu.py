@@ -41,7 +41,7 @@ _EXP_CUTOFF = _F(-87.0)
 # Fast-math flag sets. Max/argmax comparisons get none (nnan/ninf would let LLVM
 # assume there are no NaN/inf, changing the comparisons). The sum may reassociate
 # (needed to vectorise the reduction; float32 lanes then act like a pairwise sum).
-_FM_SUM = {"reassoc", "contract", "arcp"}
+_FM_SUM = {"reassoc", "contract"}
 _FM_POLY = {"contract"}
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 # Fields that become MLflow metrics at every step (the keys users see).
 STEP_METRIC_KEYS = (
     "loss", "accuracy", "tokens_per_sec", "learning_rate", "gpu_memory_mb", "rss_mb",
-    "grad_norm", "step_time_ms", "tokens_seen",
+    "grad_norm", "step_time_ms", "tokens_seen", "data_wait_ms",
 )
 SOURCE_PREFIX = "loss_by_source/"
 
@@ -36,6 +36,7 @@ class TrainingMetrics:
     grad_norm: float = 0.0  # global gradient norm before clipping
     step_time_ms: float = 0.0  # wall time of the step
     tokens_seen: int = 0  # target tokens trained on so far, this one included
+    data_wait_ms: float = 0.0  # time the loop waited for this step's chunk
     loss_by_source: dict[str, float] = field(default_factory=dict)  # mean loss per SlimPajama set
     val_loss: float | None = None  # set at evaluation steps only
     val_accuracy: float | None = None

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -64,8 +65,16 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)[^/@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """Any ``scheme://user:password@`` inside a message loses its credentials."""
+    return _CREDENTIALS.sub(lambda m: m.group("scheme"), text)
+
+
 def say(message: str) -> None:
-    print(f"slimtrack: {message}", file=sys.stderr, flush=True)
+    print(f"slimtrack: {redact_text(message)}", file=sys.stderr, flush=True)
 
 
 class NullTracker:
@@ -200,7 +209,7 @@ class MlflowTracker:
                                          input_example=input_example,
                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
-            log.error("mlflow: could not log the final model: %s", exc)
+            log.error("mlflow: could not log the final model: %s", redact_text(str(exc)))
 
     def finish(self, status: str = "FINISHED") -> None:
         """Deliver (or spool) everything, end the run (only a run we started, unless it failed)."""
@@ -289,7 +298,7 @@ class MlflowTracker:
             except Exception as exc:  # noqa: BLE001
                 if attempt == self.retry_attempts:
                     raise
-                log.warning("mlflow: %s failed (%s); retrying in %.1fs", op["op"], exc, delay)
+                log.warning("mlflow: %s failed (%s); retrying in %.1fs", op["op"], redact_text(str(exc)), delay)
                 time.sleep(delay)
                 delay *= 2
 
@@ -310,7 +319,7 @@ class MlflowTracker:
                     self.spool.append(ops[index:])  # only what is still undelivered
                     raise
         except Exception as exc:  # noqa: BLE001 — still unreachable: try again later
-            log.info("mlflow: replay failed: %s", exc)
+            log.info("mlflow: replay failed: %s", redact_text(str(exc)))
             return 0
         self.spool.clear()
         self.offline = False

@@ -183,8 +183,12 @@ class SlimPajamaTrainer:
         NonFiniteLossError when the loss is NaN or Inf."""
         cfg = self.config.train
         sample_every = max(1, cfg.viz_interval // 5)
-        for chunk in chunks:
-            if self.step >= cfg.max_chunks:
+        batches = iter(chunks)
+        while self.step < cfg.max_chunks:
+            wait_started = time.perf_counter()
+            chunk = next(batches, None)
+            data_wait = time.perf_counter() - wait_started
+            if chunk is None:
                 break
             lr = learning_rate(self.step + 1, cfg)
             for group in self.optimizer.param_groups:
@@ -199,6 +203,7 @@ class SlimPajamaTrainer:
             self.step += 1
             self.tokens_seen += reduced.tokens
             record = self.make_record(reduced, result.grad_norm, lr, seconds)
+            record.data_wait_ms = data_wait * 1000.0
             if not math.isfinite(record.loss):
                 hooks.on_step(record, None)
                 raise NonFiniteLossError(self.step, record.loss)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_server_stops_mid_run_and_comes_back(tmp_path: Path):
     with mlflow_server(tmp_path / "srv2", **store):
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]
-        assert "tracking server unreachable" in stderr and "tracking server is back" in stderr
+        assert "tracking server unreachable" in stderr and "tracking server is back" in stderr, stderr
         client = MlflowClient(url)
         run = client.search_runs([client.get_experiment_by_name("slimtrack").experiment_id])[0]
         assert run.info.status == "FINISHED"
@@ -62,11 +63,18 @@ def test_server_stops_mid_run_and_comes_back(tmp_path: Path):
 
 def test_sync_delivers_a_spool_whose_server_never_came_back(tmp_path: Path):
     out = tmp_path / "out"
-    dead = f"http://127.0.0.1:{free_port()}"  # nobody listens here
+    # nobody listens here; the credentials must never show up anywhere
+    dead = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
     result = run_cli("train", "--test", "--kernels", "torch", "--max-chunks", "8", "--viz-interval", "4",
-                     "--output-dir", str(out), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": dead})
+                     "--output-dir", str(out), cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "slimtrack sync" in result.stderr
+    for secret in ("s3cret-pw", "hunter2-pw"):
+        assert secret not in result.stdout + result.stderr
+        for path in out.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
     with mlflow_server(tmp_path / "srv") as url:
         synced = run_cli("sync", str(out), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": url})
         assert synced.returncode == 0, synced.stderr[-3000:]
@@ -80,3 +88,5 @@ def test_sync_delivers_a_spool_whose_server_never_came_back(tmp_path: Path):
         assert {"training_step_000004.png", "training_step_000008.png", "metrics_history.json"} <= names
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
         assert any("+step+8+" in p for p in images)
+        everything = json.dumps([run.data.params, run.data.tags])
+        assert "s3cret-pw" not in everything and "hunter2-pw" not in everything
