@@ -138,12 +138,55 @@ def render_times(sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS, naive_m
 
 
 # --------------------------------------------------------------------------------------
-# Training-thread cost per viz interval: to be filled in once VisualizationManager exists
-# (it will measure the time the training thread spends in viz.update() per interval, with
-# the render happening off-thread).
+# The training thread's cost per viz interval, with the render happening off-thread.
 # --------------------------------------------------------------------------------------
-def training_thread_cost() -> str:
-    return "not measured yet"
+def _simulated_loop(steps: int, interval: int, render: bool) -> tuple[float, list[float]]:
+    """A loop of torch matmul "steps" feeding a VisualizationManager (renders off-thread when
+    ``render``). Returns the loop's wall time and the per-interval time spent in viz.update()."""
+    import tempfile
+
+    import torch
+
+    from slimtrack.metrics import TrainingMetrics
+    from slimtrack.tracking import NullTracker
+    from slimtrack.viz import VisualizationManager
+
+    a = torch.randn(384, 384)
+    with tempfile.TemporaryDirectory() as tmp:
+        viz = VisualizationManager(tmp, NullTracker(), interval if render else 10**9)
+        in_update, per_interval = 0.0, []
+        started = time.perf_counter()
+        for step in range(1, steps + 1):
+            for _ in range(20):  # ~10-20 ms of real compute, like a small CPU step
+                a = torch.tanh(a @ a * 1e-3)
+            record = TrainingMetrics(step=step, loss=1.0 / step, accuracy=0.5, tokens_per_sec=1e4,
+                                     learning_rate=1e-3, timestamp=time.time())
+            t0 = time.perf_counter()
+            viz.update(record, {"step": step, "input": "x", "output": "y", "accuracy": 0.5} if step % 10 == 0 else None)
+            in_update += time.perf_counter() - t0
+            if step % interval == 0:
+                per_interval.append(in_update)
+                in_update = 0.0
+        wall = time.perf_counter() - started
+        viz.close()
+    return wall, per_interval
+
+
+def training_thread_cost(steps: int = 300, interval: int = 50) -> str:
+    """Training-thread time per viz interval, and the whole loop's slowdown from rendering
+    in the background (the GIL and the two cores are shared), alternated over 3 repetitions."""
+    with_render, without = [], []
+    update_ms = []
+    for _ in range(3):
+        wall, per_interval = _simulated_loop(steps, interval, render=True)
+        with_render.append(wall)
+        update_ms.extend(t * 1000 for t in per_interval)
+        without.append(_simulated_loop(steps, interval, render=False)[0])
+    slowdown = statistics.median(with_render) / statistics.median(without)
+    return (f"median time in viz.update() per {interval}-step interval: {statistics.median(update_ms):.3f} ms "
+            f"(max {max(update_ms):.3f} ms); loop of {steps} compute steps with a render every {interval} "
+            f"steps: {statistics.median(with_render):.2f} s vs {statistics.median(without):.2f} s without "
+            f"rendering ({slowdown:.3f}x wall time)")
 
 
 def main() -> None:

@@ -1,39 +1,33 @@
 """Tracking overhead: tokens/s of `slimtrack train` with full MLflow tracking vs --no-tracking.
 
+    python benchmarks/tracking_overhead.py [--preset small] [--max-chunks 60] [--repeats 3] [--quick]
+
 Same config, alternated (on, off, on, off, ...) in one invocation, each run a fresh
 process with its own sqlite store. Throughput is the median per-step tokens/s of a run
-(from its local metrics_history.json, written in both modes), skipping warm-up steps.
-
-    python benchmarks/tracking_overhead.py [--preset small] [--max-chunks 60] [--repeats 3]
+(from its local metrics_history.json, written in both modes), skipping warm-up steps,
+then the median of the runs. "loop" counts the whole iteration (step end to step end),
+which is where tracking's cost on the training thread (log_record, queueing) shows;
+"step" is the trainer's own forward-to-update timing, which only sees the background
+thread competing for the cores. Target (issue 8): tracking / no-tracking >= 0.99 (loop).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-WARMUP_STEPS = 5
+from common import (WARMUP_STEPS, alternate, fmt_num, fmt_runs, machine_line, markdown_table, median,
+                    slimtrack_train, step_rates, target_note, wall_rates)
+
+TARGET = 0.99
+ON, OFF = "full tracking", "--no-tracking"
 
 
-def run_once(workdir: Path, tracking: bool, args: argparse.Namespace) -> float:
-    out = workdir / f"{'on' if tracking else 'off'}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "slimtrack", "train", "--preset", args.preset, "--max-chunks",
-           str(args.max_chunks), "--output-dir", str(out), "--kernels", args.kernels, "--eval-interval",
-           str(args.max_chunks)]
-    if not tracking:
-        cmd.append("--no-tracking")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "TQDM_DISABLE": "1"}
-    subprocess.run(cmd, cwd=workdir, env=env, check=True, capture_output=True, text=True)
-    history = json.loads((out / "training_viz" / "metrics_history.json").read_text())
-    return statistics.median(row["tokens_per_sec"] for row in history[WARMUP_STEPS:])
+def run_once(workdir: Path, tracking: bool, args: argparse.Namespace) -> list[dict]:
+    train_args = ["--preset", args.preset, "--max-chunks", str(args.max_chunks), "--kernels", args.kernels,
+                  "--eval-interval", str(args.max_chunks)]  # evaluate at the end only
+    return slimtrack_train(workdir, train_args, tracking=tracking).history
 
 
 def main() -> None:
@@ -42,20 +36,29 @@ def main() -> None:
     parser.add_argument("--max-chunks", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kernels", default="native")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions of 10 steps")
     args = parser.parse_args()
-    on, off = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            on.append(run_once(Path(tmp), True, args))
-            off.append(run_once(Path(tmp), False, args))
-    med_on, med_off = statistics.median(on), statistics.median(off)
-    print(f"# tracking overhead ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, preset {args.preset}, {args.max_chunks} chunks, kernels {args.kernels})")
-    print("| mode | runs (median tok/s each) | median tok/s |")
-    print("|---|---|---|")
-    print(f"| full tracking | {', '.join(f'{v:,.0f}' for v in on)} | {med_on:,.0f} |")
-    print(f"| --no-tracking | {', '.join(f'{v:,.0f}' for v in off)} | {med_off:,.0f} |")
-    print(f"\nratio tracking/no-tracking: {med_on / med_off:.3f} (target >= 0.98)")
+    if args.quick:
+        args.max_chunks, args.repeats = 10, 2
+    warmup = min(WARMUP_STEPS, args.max_chunks // 3)
+    with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        runs = alternate({ON: lambda: run_once(Path(tmp), True, args),
+                          OFF: lambda: run_once(Path(tmp), False, args)}, args.repeats)
+    print(f"Tracking overhead, preset {args.preset}, {args.max_chunks} steps per run, kernels {args.kernels}, "
+          f"tokens/s: each run's median after {warmup} warm-up steps, median of {args.repeats} runs")
+    print(machine_line() + "\n")
+    rows, medians = [], {}
+    for measure, rates in (("loop", wall_rates), ("step", step_rates)):
+        for mode in (ON, OFF):
+            per_run = [median(rates(history, warmup)) for history in runs[mode]]
+            medians[measure, mode] = median(per_run)
+            rows.append([measure, mode, fmt_runs(per_run), fmt_num(medians[measure, mode])])
+    print(markdown_table(["measure", "mode", "runs (median tok/s each)", "median tok/s"], rows))
+    for measure in ("loop", "step"):
+        ratio = medians[measure, ON] / medians[measure, OFF]
+        note = f" ({target_note(ratio, TARGET)}, target >= {TARGET})" if measure == "loop" else ""
+        print(f"\nratio tracking / no-tracking ({measure}): {ratio:.3f}{note}", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def test_kill_9_then_resume_is_exact(tmp_path, kernels):
     killed_at = max((m.step for m in client.get_metric_history(run.info.run_id, "loss")), default=0)
     assert killed_at < STEPS, "the kill came too late to test anything"
 
+    report = run_cli("report", run.info.run_id, "--out", str(tmp_path / "killed.png"), cwd=tmp_path, env=env)
+    assert report.returncode == 0 and (tmp_path / "killed.png").is_file()  # a killed run reports too
+
     resumed = run_cli("train", "--resume", run.info.run_id, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming after step" in resumed.stderr

@@ -84,6 +84,15 @@ def test_run_has_dashboards_exports_checkpoint_and_model(test_run):
     assert client.search_logged_models([only_run(client).info.experiment_id])
 
 
+def test_report_rebuilds_the_dashboard_from_the_store(test_run, tmp_path):
+    work, uri, _ = test_run
+    run_id = only_run(MlflowClient(uri)).info.run_id
+    out = tmp_path / "report.png"
+    result = run_cli("report", run_id, "--out", str(out), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert str(out) in result.stdout and out.read_bytes().startswith(b"\x89PNG")
+
+
 def test_training_on_a_slimpajama_tree(tmp_path, mlflow_store):
     data = make_slimpajama_tree(tmp_path / "SlimPajama", n_chunks=3, files_per_chunk=2, docs_per_file=40)
     code = main(["train", "--test", "--max-chunks", "6", "--batch-size", "4", "--seq-len", "32",

@@ -1,0 +1,192 @@
+"""Shared helpers of the benchmark scripts: the machine, medians and ratios, markdown
+tables, `slimtrack train` in a subprocess, and the cached 50k BPE tokenizer.
+
+Every script measures a baseline and slimtrack alternately in ONE invocation (so a
+neighbour's load hits both alike) and prints medians and ratios; none asserts on time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+CACHE_DIR = BENCH_DIR / ".cache"  # built once, reused: not for git
+PYTHON = sys.executable
+WARMUP_STEPS = 5  # first steps of a run: allocator, caches, numba dispatch, lazy imports
+BPE_VOCAB = 50_257  # GPT-2's size: 50,256 byte-level tokens and merges + <|endoftext|>
+BPE_CORPUS_BYTES = 12_000_000
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    """Date, CPU, cores, load and library versions: the context every table needs."""
+    import mlflow
+    import numba
+    import torch
+
+    from slimtrack.native.threads import available_cores
+
+    return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}; CPU {cpu_model()}; {available_cores()} cores; "
+            f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}; "
+            f"torch {torch.__version__}; numba {numba.__version__}; mlflow {mlflow.__version__}")
+
+
+# ---------------------------------------------------------------- numbers and tables
+
+
+def median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_num(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def fmt_runs(values: Iterable[float], digits: int = 0) -> str:
+    """Each repetition's value, so the spread is visible next to the median."""
+    return ", ".join(fmt_num(v, digits) for v in values)
+
+
+def fmt_ratio(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}x" if denominator else "n/a"
+
+
+def target_note(value: float, target: float, higher_is_better: bool = True) -> str:
+    met = value >= target if higher_is_better else value < target
+    return "meets target" if met else "**below target**" if higher_is_better else "**above target**"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def alternate(variants: dict[str, Callable[[], T]], repeats: int) -> dict[str, list[T]]:
+    """Run every variant once per repetition, in turn (a, b, c, a, b, c, ...)."""
+    results: dict[str, list[T]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            results[name].append(run())
+    return results
+
+
+# ---------------------------------------------------------------- training runs
+
+
+@dataclass
+class TrainRun:
+    history: list[dict]  # the rows of training_viz/metrics_history.json (or the reference's JSON)
+    launched: float  # unix time just before the process started
+    ended: float  # unix time when it exited
+
+
+def read_history(path: Path) -> list[dict]:
+    return json.loads(Path(path).read_text())
+
+
+def bench_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """A child environment whose MLflow store is a fresh sqlite file in ``workdir``, with no
+    run of the caller's to attach to and no progress bar."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}", TQDM_DISABLE="1", **extra)
+    return env
+
+
+def run_command(cmd: list[str], workdir: Path, env: dict[str, str]) -> None:
+    """Run to completion; on failure raise with the tail of its stderr (a benchmark must say why)."""
+    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {done.returncode}:\n{tail}")
+
+
+def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env: str) -> TrainRun:
+    """One `slimtrack train` in a fresh process, with its own folder and sqlite store
+    (artifacts land in the folder too: the child runs there)."""
+    out = workdir / f"train-{time.monotonic_ns()}"
+    out.mkdir(parents=True)
+    cmd = [PYTHON, "-m", "slimtrack", "train", "--output-dir", str(out), *args]
+    if not tracking:
+        cmd.append("--no-tracking")
+    launched = time.time()
+    run_command(cmd, out, bench_env(out, **env))
+    return TrainRun(read_history(out / "training_viz" / "metrics_history.json"), launched, time.time())
+
+
+def step_rates(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float]:
+    """tokens/s of the step itself (forward to optimizer update), as the trainer measures it."""
+    return [row["tokens_per_sec"] for row in history[warmup:]]
+
+
+def wall_rates(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float]:
+    """tokens/s over the whole loop iteration: from one step's end to the next one's, so data
+    loading, logging, dashboard bookkeeping and everything else on the training thread count."""
+    rows = history[warmup:]
+    return [(b["tokens_seen"] - a["tokens_seen"]) / (b["timestamp"] - a["timestamp"])
+            for a, b in zip(rows, rows[1:]) if b["timestamp"] > a["timestamp"]]
+
+
+# ---------------------------------------------------------------- the ~50k-token BPE tokenizer
+
+
+def embedded_texts(max_bytes: int) -> Iterator[str]:
+    """Documents of the embedded corpus's train split, about ``max_bytes`` of them."""
+    from slimtrack.data import SkipStats, iter_documents
+
+    seen = 0
+    for document in iter_documents("embedded", "train", SkipStats()):
+        if seen >= max_bytes:
+            return
+        seen += len(document.text.encode("utf-8", errors="replace"))
+        yield document.text
+
+
+def bpe_tokenizer(cache_dir: Path = CACHE_DIR) -> Path:
+    """Path of a GPT-2-sized byte-level BPE tokenizer.json, trained offline on a few MB of the
+    embedded corpus once and then reused (training takes a few seconds to a minute)."""
+    path = cache_dir / f"bpe-{BPE_VOCAB}" / "tokenizer.json"
+    if path.is_file():
+        return path
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(embedded_texts(BPE_CORPUS_BYTES), trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # two scripts at once never see half a file
+    tokenizer.save(str(partial))
+    partial.replace(path)
+    return path
+
+
+def first(iterable: Iterable[T], n: int) -> list[T]:
+    return list(islice(iterable, n))

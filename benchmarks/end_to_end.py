@@ -1,0 +1,129 @@
+"""End to end: tokens/s of `slimtrack train` (native kernels, full tracking, dashboards) vs
+the plain PyTorch loop a nanoGPT user would write (reference_loop.py), same job.
+
+    python benchmarks/end_to_end.py [--max-chunks 25] [--bpe-max-chunks 10] [--repeats 3] [--quick]
+
+Preset `small`, embedded corpus, two vocabularies: the byte tokenizer (320 padded) and a
+GPT-2-sized byte-level BPE (50,257 -> 50,304 padded) trained once on the embedded corpus
+and cached in benchmarks/.cache/. Three variants take turns, each run a fresh process:
+the reference loop; `slimtrack train --kernels torch` (slimtrack's loop with torch's loss
+and AdamW: shows what the native kernels add); `slimtrack train` (native kernels). Both
+slimtrack variants track everything into a fresh sqlite store and render a dashboard
+every 50 steps.
+
+Two measures per run, medians over the steps after --warmup, then the median of the runs:
+"loop" counts the whole iteration (step end to step end: data, logging, dashboard
+bookkeeping included), "step" only forward to optimizer update as the trainer times it.
+The runs train the same model on the same data, so their losses must agree; the largest
+difference per variant is printed as a check that the comparison is like for like.
+Target: slimtrack / reference >= 1.10 at both vocabularies (loop measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from common import (BENCH_DIR, PYTHON, alternate, bench_env, bpe_tokenizer, fmt_num, fmt_ratio, machine_line,
+                    markdown_table, median, read_history, run_command, slimtrack_train, step_rates, target_note,
+                    wall_rates)
+
+TARGET = 1.10
+PRESET = "small"
+VIZ_INTERVAL = 50
+REFERENCE, TORCH_KERNELS, SLIMTRACK = "reference loop", "slimtrack --kernels torch", "slimtrack"
+MEASURES: dict[str, Callable[[list[dict], int], list[float]]] = {"loop": wall_rates, "step": step_rates}
+
+
+def run_reference(workdir: Path, tokenizer: str, max_chunks: int) -> list[dict]:
+    out = workdir / f"reference-{time.monotonic_ns()}.json"
+    cmd = [PYTHON, str(BENCH_DIR / "reference_loop.py"), "--preset", PRESET, "--tokenizer", tokenizer,
+           "--max-chunks", str(max_chunks), "--out", str(out)]
+    run_command(cmd, workdir, bench_env(workdir))
+    return read_history(out)
+
+
+def run_slimtrack(workdir: Path, tokenizer: str, max_chunks: int, kernels: str) -> list[dict]:
+    args = ["--preset", PRESET, "--tokenizer", tokenizer, "--max-chunks", str(max_chunks), "--kernels", kernels,
+            "--viz-interval", str(VIZ_INTERVAL), "--eval-interval", str(max_chunks)]  # evaluate at the end only
+    return slimtrack_train(workdir, args).history
+
+
+def measure(tokenizer: str, max_chunks: int, repeats: int) -> dict[str, list[list[dict]]]:
+    """Per variant, the per-step histories of its runs, the variants alternated."""
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        workdir = Path(tmp)
+        return alternate({
+            REFERENCE: lambda: run_reference(workdir, tokenizer, max_chunks),
+            TORCH_KERNELS: lambda: run_slimtrack(workdir, tokenizer, max_chunks, "torch"),
+            SLIMTRACK: lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native"),
+        }, repeats)
+
+
+def run_medians(histories: list[list[dict]], rates: Callable[[list[dict], int], list[float]],
+                warmup: int) -> list[float]:
+    return [median(rates(history, warmup)) for history in histories]
+
+
+def cell(values: list[float]) -> str:
+    """Median of the runs, with their range."""
+    return f"{fmt_num(median(values))} ({fmt_num(min(values))}-{fmt_num(max(values))})"
+
+
+def table_rows(vocab: str, results: dict[str, list[list[dict]]], warmup: int) -> list[list[str]]:
+    rows = []
+    for measure, rates in MEASURES.items():
+        per_run = {name: run_medians(histories, rates, warmup) for name, histories in results.items()}
+        ref, torch_k, native = (median(per_run[name]) for name in (REFERENCE, TORCH_KERNELS, SLIMTRACK))
+        rows.append([vocab, measure, cell(per_run[REFERENCE]), cell(per_run[TORCH_KERNELS]),
+                     cell(per_run[SLIMTRACK]), f"**{fmt_ratio(native, ref)}**", fmt_ratio(torch_k, ref),
+                     fmt_ratio(native, torch_k)])
+    return rows
+
+
+def loss_agreement(results: dict[str, list[list[dict]]]) -> str:
+    """Largest |loss - reference loss| at any step: ~0 when both trained the same thing."""
+    reference = results[REFERENCE][0]
+    parts = []
+    for name in (TORCH_KERNELS, SLIMTRACK):
+        diffs = [abs(a["loss"] - b["loss"]) for history in results[name] for a, b in zip(history, reference)]
+        parts.append(f"{name} {max(diffs):.1e}")
+    return ", ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-chunks", type=int, default=25, help="steps per run, byte vocabulary")
+    parser.add_argument("--bpe-max-chunks", type=int, default=10, help="steps per run, 50k vocabulary")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="first steps of a run left out of the medians")
+    parser.add_argument("--vocab", choices=["byte", "bpe"], nargs="+", default=["byte", "bpe"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, a few steps")
+    args = parser.parse_args()
+    if args.quick:
+        args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup = 8, 5, 1, 2
+    print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range), each run's median "
+          f"after {args.warmup} warm-up steps; byte {args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps "
+          f"per run, dashboard every {VIZ_INTERVAL} steps, slimtrack with full tracking (sqlite)")
+    print(machine_line() + "\n")
+    rows, checks = [], []
+    for vocab in args.vocab:
+        tokenizer = "byte" if vocab == "byte" else str(bpe_tokenizer())
+        label = "byte (320)" if vocab == "byte" else "BPE (50,304)"
+        max_chunks = args.max_chunks if vocab == "byte" else args.bpe_max_chunks
+        results = measure(tokenizer, max_chunks, args.repeats)
+        rows += table_rows(label, results, args.warmup)
+        ratio = median(run_medians(results[SLIMTRACK], wall_rates, args.warmup)) / median(
+            run_medians(results[REFERENCE], wall_rates, args.warmup))
+        checks.append(f"{label}: slimtrack/reference (loop) {ratio:.2f} ({target_note(ratio, TARGET)}, "
+                      f"target >= {TARGET:.2f}); largest loss difference vs reference: {loss_agreement(results)}")
+    print(markdown_table(["vocab", "measure", REFERENCE, TORCH_KERNELS, SLIMTRACK, "slimtrack / ref",
+                          "torch kernels / ref", "native / torch kernels"], rows))
+    print("\n" + "\n".join(checks))
+
+
+if __name__ == "__main__":
+    main()
