@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -152,6 +151,12 @@ def wall_rates(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float]:
             for a, b in zip(rows, rows[1:]) if b["timestamp"] > a["timestamp"]]
 
 
+def steps_per_sec(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float]:
+    """Loop iterations per second, step end to step end (one record per step)."""
+    rows = history[warmup:]
+    return [1.0 / (b["timestamp"] - a["timestamp"]) for a, b in zip(rows, rows[1:]) if b["timestamp"] > a["timestamp"]]
+
+
 # ---------------------------------------------------------------- the ~50k-token BPE tokenizer
 
 
@@ -186,7 +191,3 @@ def bpe_tokenizer(cache_dir: Path = CACHE_DIR) -> Path:
     tokenizer.save(str(partial))
     partial.replace(path)
     return path
-
-
-def first(iterable: Iterable[T], n: int) -> list[T]:
-    return list(islice(iterable, n))

@@ -125,7 +125,8 @@ class Config:
 
     def as_params(self) -> dict[str, str]:
         """Flat ``section.field -> str`` view, the run's MLflow params (stable names)."""
-        params: dict[str, str] = {"preset": self.preset}
+        # "config.preset", not "preset": `mlflow run` logs its own -P preset (which --test overrides).
+        params: dict[str, str] = {"config.preset": self.preset}
         for section in ("model", "data", "train", "tracking"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 params[f"{section}.{key}"] = str(value)

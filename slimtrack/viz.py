@@ -1,10 +1,11 @@
 """VisualizationManager: the metric history, text samples, and dashboards off-thread.
 
 The training thread only appends (a record, sometimes a sample) and, every
-``viz_interval`` steps, sets "render up to step N" and returns. One worker
+``viz_interval`` steps, queues "render up to step N" and returns. One worker
 thread renders the dashboard with ``slimtrack.plots`` and writes/logs the
-files. If a render is still running when the next is due, the newer request
-replaces the older one (coalescing) instead of queueing without bound.
+files. At most MAX_PENDING_RENDERS requests wait; when renders fall further
+behind, the oldest waiting request is dropped (coalescing) instead of queueing
+without bound.
 
 Files per render, under ``<output_dir>/training_viz/`` and as run artifacts:
 ``training_step_NNNNNN.png``, ``training_latest.png``, ``metrics_history.json``
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 VIZ_DIR = "training_viz"
 IMAGE_KEY = "training_dashboard"
 SAMPLES_KEPT = 100  # text_samples.json stays bounded: uploading it each interval is O(1)
+MAX_PENDING_RENDERS = 4  # beyond this, the oldest pending request is dropped (coalescing)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class VisualizationManager:
         self.records: list[TrainingMetrics] = []
         self.samples: list[dict[str, Any]] = []
         self.rendered_steps: list[int] = []
-        self._request: _Request | None = None
+        self._pending: deque[_Request] = deque(maxlen=MAX_PENDING_RENDERS)
         self._export_lock = threading.Lock()
         self._exported_step = 0  # the JSON exports on disk cover steps up to this one
         self._busy = False
@@ -76,8 +79,10 @@ class VisualizationManager:
         """Ask the worker for a dashboard of everything appended so far; returns at once."""
         if not self.records:
             return
+        request = _Request(self.records[-1].step, len(self.records), len(self.samples))
         with self._cond:
-            self._request = _Request(self.records[-1].step, len(self.records), len(self.samples))
+            if request not in self._pending:
+                self._pending.append(request)  # a full deque drops its oldest request
             self._cond.notify()
 
     def close(self, timeout: float = 120.0) -> None:
@@ -126,11 +131,11 @@ class VisualizationManager:
     def _render_forever(self) -> None:
         while True:
             with self._cond:
-                while self._request is None and not self._closed:
+                while not self._pending and not self._closed:
                     self._cond.wait()
-                request, self._request = self._request, None
-                if request is None:  # closed and nothing left to do
+                if not self._pending:  # closed and nothing left to do
                     return
+                request = self._pending.popleft()
             try:
                 self._render(request)
             except Exception:  # noqa: BLE001 — a failed chart must never stop training

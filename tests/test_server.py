@@ -40,7 +40,7 @@ def test_training_against_a_server_arrives_complete(tmp_path, mlflow_server_url)
     run_id = run["info"]["run_id"]
     assert run["info"]["status"] == "FINISHED"
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
-    assert params["train.max_chunks"] == str(STEPS) and params["preset"] == "test"
+    assert params["train.max_chunks"] == str(STEPS) and params["config.preset"] == "test"
     for key in ("loss", "accuracy", "tokens_per_sec", "learning_rate", "gpu_memory_mb"):
         history = rest(url, "metrics/get-history", run_id=run_id, metric_key=key)["metrics"]
         assert sorted(m["step"] for m in history) == list(range(1, STEPS + 1)), key

@@ -54,7 +54,7 @@ def test_run_has_every_record_once_per_step(test_run):
     by_source = [k for k in run.data.metrics if k.startswith("loss_by_source/")]
     assert {"loss_by_source/PythonStdlibSource", "loss_by_source/PythonDocs"} & set(by_source)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [10, 20, 30]
-    assert run.data.params["train.max_chunks"] == "30" and run.data.params["preset"] == "test"
+    assert run.data.params["train.max_chunks"] == "30" and run.data.params["config.preset"] == "test"
     assert run.data.tags["slimtrack.kernels"] == "native"
     assert "torch.version" in run.data.tags
     exp = client.get_experiment(run.info.experiment_id)
@@ -153,7 +153,7 @@ def test_mlflow_run_with_local_env_manager(tmp_path):
     run = only_run(client, "mlproject")
     assert run.info.status == "FINISHED"
     assert run.data.params["max_chunks"] == "12" and run.data.params["test"] == "true"
-    assert run.data.params["train.max_chunks"] == "12" and run.data.params["preset"] == "test"
+    assert run.data.params["train.max_chunks"] == "12" and run.data.params["config.preset"] == "test"
     assert_one_point_per_step(client, run.info.run_id, 12, keys=("loss", "accuracy", "learning_rate"))
 
 

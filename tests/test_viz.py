@@ -1,0 +1,59 @@
+"""VisualizationManager: renders off the training thread, files on disk, resume restore."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from slimtrack.metrics import TrainingMetrics
+from slimtrack.tracking import NullTracker
+from slimtrack.viz import MAX_PENDING_RENDERS, VisualizationManager
+
+
+def record(step: int) -> TrainingMetrics:
+    return TrainingMetrics(step=step, loss=5.0 / step, accuracy=step / 100, tokens_per_sec=1000.0,
+                           learning_rate=1e-3, timestamp=time.time())
+
+
+def test_renders_every_interval_and_once_at_the_end(tmp_path):
+    viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=10)
+    for step in range(1, 26):
+        sample = {"step": step, "input": "in", "output": "out", "accuracy": 0.5} if step % 5 == 0 else None
+        viz.update(record(step), sample)
+    viz.close()
+    folder = tmp_path / "training_viz"
+    assert sorted(p.name for p in folder.glob("training_step_*.png")) == [
+        "training_step_000010.png", "training_step_000020.png", "training_step_000025.png"]
+    assert (folder / "training_latest.png").read_bytes() == (folder / "training_step_000025.png").read_bytes()
+    history = json.loads((folder / "metrics_history.json").read_text())
+    assert [row["step"] for row in history] == list(range(1, 26))
+    samples = json.loads((folder / "text_samples.json").read_text())
+    assert [row[0] for row in samples["data"]] == [5, 10, 15, 20, 25]
+
+
+def test_a_slow_render_never_builds_an_unbounded_queue(tmp_path):
+    viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=1)
+    with viz._cond:  # hold the worker off, as a long render would
+        for step in range(1, 50):
+            viz.records.append(record(step))
+            started = time.perf_counter()
+            viz.request_render()  # must not wait: the worker cannot take the lock right now...
+            assert time.perf_counter() - started < 0.05
+            assert len(viz._pending) <= MAX_PENDING_RENDERS
+        newest = [r.step for r in viz._pending]
+    assert newest == list(range(50 - MAX_PENDING_RENDERS, 50))  # the newest requests survive
+    viz.close()
+    assert viz.rendered_steps[-1] == 49
+
+
+def test_export_now_and_restore_continue_a_history(tmp_path):
+    viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=1000)
+    for step in range(1, 8):
+        viz.update(record(step), {"step": step, "input": "a", "output": "b", "accuracy": 1.0})
+    viz.export_now()
+    viz.close()
+    again = VisualizationManager(tmp_path, NullTracker(), viz_interval=1000)
+    again.restore(until_step=5)
+    assert [r.step for r in again.records] == [1, 2, 3, 4, 5]
+    assert [s["step"] for s in again.samples] == [1, 2, 3, 4, 5]
+    again.close()
