@@ -4,13 +4,18 @@ through the server's REST API the way a team's other tools would read it."""
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
 import urllib.request
+import uuid
 
 import pytest
 
 from conftest import run_cli
-from mlflow_server import mlflow_server_url  # noqa: F401 — the fixture
+from mlflow_server import mlflow_server
+
+# .ci/run installs and starts PostgreSQL and sets this; elsewhere the PostgreSQL case skips.
+POSTGRES_URI = os.environ.get("SLIMTRACK_TEST_POSTGRES_URI")
 
 pytestmark = pytest.mark.slow
 STEPS = 8
@@ -26,14 +31,25 @@ def rest(url: str, endpoint: str, body: dict | None = None, **query: str) -> dic
         return json.loads(response.read())
 
 
-def test_training_against_a_server_arrives_complete(tmp_path, mlflow_server_url):  # noqa: F811
-    url = mlflow_server_url
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server_url(request, tmp_path):
+    if request.param == "postgresql" and not POSTGRES_URI:
+        pytest.skip("no PostgreSQL (set SLIMTRACK_TEST_POSTGRES_URI; .ci/run does)")
+    backend = POSTGRES_URI if request.param == "postgresql" else None
+    with mlflow_server(tmp_path / "server", backend_store_uri=backend) as url:
+        yield url
+
+
+def test_training_against_a_server_arrives_complete(tmp_path, server_url):
+    url = server_url
+    experiment_name = f"team-{uuid.uuid4().hex[:8]}"  # a PostgreSQL store outlives the test
     result = run_cli("train", "--test", "--max-chunks", str(STEPS), "--viz-interval", "4", "--output-dir",
-                     str(tmp_path / "out"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": url})
+                     str(tmp_path / "out"), "--experiment", experiment_name, cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": url})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{url}/#/experiments/" in result.stderr  # a clickable UI link
 
-    experiment = rest(url, "experiments/get-by-name", experiment_name="slimtrack")["experiment"]
+    experiment = rest(url, "experiments/get-by-name", experiment_name=experiment_name)["experiment"]
     runs = rest(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     assert len(runs) == 1
     run = runs[0]
