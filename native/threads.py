@@ -6,6 +6,10 @@ small machine the two pools then fight for the same cores: each kernel call
 spins up threads that preempt the other library's threads. slimtrack sets both
 pools to the same count (by default the cores this process may use, divided by
 the number of local processes under torchrun) once, before training starts.
+
+The two pools are also two OpenMP runtimes (torch bundles its own), and OpenMP's idle
+threads spin by default: ``slimtrack/__init__.py`` sets ``OMP_WAIT_POLICY=PASSIVE`` before
+torch loads, so an idle pool sleeps instead of stealing the busy pool's cores.
 """
 
 from __future__ import annotations

@@ -1,10 +1,18 @@
 """slimtrack: train a GPT on SlimPajama and watch it learn in MLflow."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
+
+# torch's bundled OpenMP and the OpenMP numba's parallel kernels use are two thread pools
+# whose idle threads spin by default; on a small machine the spinning pool starves the one
+# doing work (measured here: a numba kernel call went from 0.13 ms to 11 ms, and a training
+# step slowed 1.2-3x under load). Threads that sleep when idle avoid it. Set before torch
+# loads, so it works for the CLI; a user's own setting wins. See native/threads.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _load_native_from_checkout() -> None:
