@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, a few steps")
     args = parser.parse_args()
     if args.quick:
-        args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup = 8, 5, 1, 2
+        args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup = 6, 4, 1, 2
     print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range), each run's median "
           f"after {args.warmup} warm-up steps; byte {args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps "
           f"per run, dashboard every {VIZ_INTERVAL} steps, slimtrack with full tracking (sqlite)")

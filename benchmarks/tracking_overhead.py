@@ -36,10 +36,10 @@ def main() -> None:
     parser.add_argument("--max-chunks", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kernels", default="native")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions of 10 steps")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 repetition of 8 steps")
     args = parser.parse_args()
     if args.quick:
-        args.max_chunks, args.repeats = 10, 2
+        args.max_chunks, args.repeats = 8, 1
     warmup = min(WARMUP_STEPS, args.max_chunks // 3)
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         runs = alternate({ON: lambda: run_once(Path(tmp), True, args),

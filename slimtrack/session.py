@@ -38,7 +38,7 @@ from slimtrack.native.threads import configure_threads
 from slimtrack.tokenizer import load_tokenizer
 from slimtrack.trainer import (LoopHooks, NonFiniteLossError, SlimPajamaTrainer, default_output_dir,
                                resolve_device)
-from slimtrack.tracking import NullTracker
+from slimtrack.notracking import NullTracker
 from slimtrack.viz import VisualizationManager
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def default_run_name(config: Config) -> str:
 
 
 def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, str]:
-    import mlflow
+    import mlflow  # only called when tracking is on
     import numba
 
     return {
@@ -223,7 +223,8 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
     output_dir = output_dir.resolve()
     if world.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        tags = {**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
+        tags = ({**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
+                if config.tracking.enabled else {})
         tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
                                output_dir)
         params = {**config.as_params(), "model.num_parameters": str(module.num_parameters()),

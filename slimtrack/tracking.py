@@ -41,6 +41,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from slimtrack.metrics import TrainingMetrics  # noqa: E402
+from slimtrack.notracking import NullTracker  # noqa: E402,F401 — re-exported
 from slimtrack.spool import Spool  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,6 @@ def redact_text(text: str) -> str:
 
 def say(message: str) -> None:
     print(f"slimtrack: {redact_text(message)}", file=sys.stderr, flush=True)
-
-
-class NullTracker:
-    """Tracking switched off: same interface, nothing leaves the process."""
-
-    run_id: str | None = None
-    experiment_id: str | None = None
-
-    def log_params(self, params: dict[str, str]) -> None: ...
-    def log_record(self, record: TrainingMetrics) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: float | None = None) -> None: ...
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None: ...
-    def log_image(self, png_path: Path, key: str, step: int) -> None: ...
-    def log_table_file(self, local_path: Path, artifact_path: str) -> None: ...
-    def flush(self, timeout: float = 60.0) -> bool: return True
-    def finish(self, status: str = "FINISHED") -> None: ...
-    def ui_hint(self) -> str: return "tracking was off (--no-tracking)"
 
 
 class MlflowTracker:

@@ -1,0 +1,136 @@
+"""Run every benchmark in sequence and put their tables into docs/benchmarks.md.
+
+    python benchmarks/run_all.py            # the full suite (`make bench`), rewrites the doc
+    python benchmarks/run_all.py --quick    # smoke sizes; prints only (--write-docs to write)
+    python benchmarks/run_all.py --only end_to_end cold_start
+
+Each benchmark runs as its own process (`python benchmarks/<script> <sizes>`); its stdout
+is the table. A benchmark that fails or times out does not stop the others: its section
+says so, and run_all exits with status 1 at the end. In docs/benchmarks.md each section
+lives between `<!-- BEGIN name -->` and `<!-- END name -->` markers; only the text between
+them is replaced, so the prose around the tables is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from common import BENCH_DIR, PYTHON, REPO_ROOT, machine_line
+
+DOC = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Bench:
+    name: str  # the section marker in docs/benchmarks.md
+    title: str
+    script: str
+    full: list[str]  # sizes chosen to keep the suite near 10 minutes on 2 quiet cores
+    quick: list[str]  # smoke sizes: does it still run, roughly what comes out
+
+
+BENCHES = [
+    Bench("kernels", "Native kernels: fused cross-entropy and FusedAdamW vs torch", "kernels.py", [], ["--quick"]),
+    Bench("dashboard", "Dashboard render time", "dashboard.py",
+          ["--sizes", "1000", "10000", "100000"], ["--sizes", "1000"]),
+    Bench("end_to_end", "End to end: slimtrack vs a plain PyTorch loop", "end_to_end.py",
+          ["--max-chunks", "15", "--bpe-max-chunks", "8", "--warmup", "3", "--repeats", "3"],
+          ["--quick", "--vocab", "byte"]),  # the 50k runs are the slowest; data_pipeline smoke-tests that tokenizer
+    Bench("tracking_overhead", "Tracking overhead: full tracking vs --no-tracking", "tracking_overhead.py",
+          ["--max-chunks", "20", "--repeats", "3"], ["--quick"]),
+    Bench("data_pipeline", "Data pipeline headroom and data wait", "data_pipeline.py",
+          ["--seconds", "2", "--repeats", "3", "--train-steps", "15"], ["--quick"]),
+    Bench("logging_capacity", "Logging capacity: records/s into MLflow", "logging_capacity.py",
+          ["--records", "2000", "--repeats", "3", "--train-steps", "30"], ["--quick"]),
+    Bench("cold_start", "Cold start: numba cache cold vs warm", "cold_start.py", ["--repeats", "3"], ["--quick"]),
+]
+
+
+@dataclass
+class Outcome:
+    bench: Bench
+    command: str
+    seconds: float
+    text: str  # the table, or why there is none
+    ok: bool
+
+
+def run_bench(bench: Bench, quick: bool, timeout: float) -> Outcome:
+    args = bench.quick if quick else bench.full
+    command = f"python benchmarks/{bench.script} {' '.join(args)}".strip()
+    print(f"\n## {bench.title}\n`{command}`\n", flush=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([PYTHON, str(BENCH_DIR / bench.script), *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+        ok = done.returncode == 0
+        text = done.stdout.strip() if ok else (
+            f"**failed** (exit {done.returncode}):\n\n```\n{_tail(done.stderr)}\n```")
+    except subprocess.TimeoutExpired:
+        ok, text = False, f"**timed out** after {timeout:.0f} s"
+    seconds = time.perf_counter() - started
+    print(text + f"\n\n({seconds:.0f} s)", flush=True)
+    return Outcome(bench, command, seconds, text, ok)
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def section_body(outcome: Outcome, when: str) -> str:
+    return f"`{outcome.command}` ({when}, {outcome.seconds:.0f} s)\n\n{outcome.text}"
+
+
+def run_summary(outcomes: list[Outcome], quick: bool, machine: str) -> str:
+    total = sum(o.seconds for o in outcomes)
+    times = ", ".join(f"{o.bench.name} {o.seconds:.0f} s" for o in outcomes)
+    mode = "quick smoke run (sizes too small for conclusions)" if quick else "full run"
+    return f"Last {mode}: {machine}. Total {total / 60:.1f} min ({times})."
+
+
+def replace_section(doc: str, name: str, body: str, title: str) -> str:
+    """Swap the text between the markers of ``name``; append a new section if there are none."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    block = f"{begin}\n{body}\n{end}"
+    if pattern.search(doc):
+        return pattern.sub(lambda _: block, doc, count=1)
+    return doc.rstrip() + f"\n\n## {title}\n\n{block}\n"
+
+
+def write_docs(outcomes: list[Outcome], quick: bool, machine: str) -> None:
+    doc = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    when = f"{datetime.date.today().isoformat()}" + (", quick" if quick else "")
+    doc = replace_section(doc, "summary", run_summary(outcomes, quick, machine), "Last run")
+    for outcome in outcomes:
+        doc = replace_section(doc, outcome.bench.name, section_body(outcome, when), outcome.bench.title)
+    DOC.write_text(doc)
+    print(f"\nwrote {DOC.relative_to(REPO_ROOT)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes (a few minutes)")
+    parser.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES], help="run just these")
+    parser.add_argument("--write-docs", action=argparse.BooleanOptionalAction, default=None,
+                        help="rewrite docs/benchmarks.md (default: yes for the full run, no with --quick)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per benchmark")
+    args = parser.parse_args()
+    machine = machine_line()
+    print(f"# slimtrack benchmarks ({'quick' if args.quick else 'full'})\n{machine}", flush=True)
+    benches = [b for b in BENCHES if not args.only or b.name in args.only]
+    outcomes = [run_bench(bench, args.quick, args.timeout) for bench in benches]
+    print("\n" + run_summary(outcomes, args.quick, machine))
+    if args.write_docs if args.write_docs is not None else not args.quick:
+        write_docs(outcomes, args.quick, machine)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
