@@ -90,6 +90,8 @@ class MlflowTracker:
         self.last_logged: dict[str, int] = {}  # key -> last step the store holds
         self.retry_attempts = 3  # per live delivery, before going offline
         self.replay_interval = float(os.environ.get("SLIMTRACK_REPLAY_INTERVAL", "10"))
+        # At the end of an offline run, keep trying this long before leaving a spool behind.
+        self.final_replay_timeout = float(os.environ.get("SLIMTRACK_FINAL_REPLAY_TIMEOUT", "30"))
         self.offline = False
         self._last_replay = 0.0
         self._table_paths: list[str] = []
@@ -203,8 +205,15 @@ class MlflowTracker:
             self._worker.join(timeout=60)
         if self.started_here or status != "FINISHED":
             self._send_or_spool([{"op": "terminate", "status": status}])
+        deadline = time.monotonic() + self.final_replay_timeout
         if self.offline:
+            say(f"tracking server unreachable at the end of the run; retrying for up to "
+                f"{self.final_replay_timeout:.0f} s")
+        while self.offline:
             self.replay()
+            if not self.offline or time.monotonic() >= deadline:
+                break
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         if self.offline and self.spool is not None:
             say(f"{len(self.spool)} tracking operations are still spooled in {self.spool.path}; "
                 f"deliver them with: slimtrack sync {self.spool.path.parent}")

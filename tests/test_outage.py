@@ -38,7 +38,8 @@ def test_server_stops_mid_run_and_comes_back(tmp_path: Path):
                  artifacts_destination=tmp_path / "artifacts", port=port)
     out = tmp_path / "out"
     steps = 60
-    env = {**os.environ, "SLIMTRACK_REPLAY_INTERVAL": "1"}
+    # The run may end before the server is back: it then keeps retrying for up to this long.
+    env = {**os.environ, "SLIMTRACK_REPLAY_INTERVAL": "1", "SLIMTRACK_FINAL_REPLAY_TIMEOUT": "300"}
     with mlflow_server(tmp_path / "srv1", **store) as url:
         env["MLFLOW_TRACKING_URI"] = url
         proc = subprocess.Popen([sys.executable, "-m", "slimtrack", "train", "--test", "--kernels", "torch",
@@ -67,7 +68,8 @@ def test_sync_delivers_a_spool_whose_server_never_came_back(tmp_path: Path):
     dead = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
     result = run_cli("train", "--test", "--kernels", "torch", "--max-chunks", "8", "--viz-interval", "4",
                      "--output-dir", str(out), cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw"})
+                     env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw",
+                          "SLIMTRACK_FINAL_REPLAY_TIMEOUT": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "slimtrack sync" in result.stderr
     for secret in ("s3cret-pw", "hunter2-pw"):
