@@ -24,8 +24,8 @@ from mlflow.exceptions import MlflowException
 
 from slimtrack.errors import UserError
 from slimtrack.metrics import SOURCE_PREFIX
+from slimtrack.viz import VIZ_DIR, samples_from_table
 
-VIZ_DIR = "training_viz"
 SAMPLES_ARTIFACT = f"{VIZ_DIR}/text_samples.json"
 HISTORY_ARTIFACT = f"{VIZ_DIR}/metrics_history.json"
 SAMPLE_COLUMNS = ["step", "input", "output", "accuracy"]
@@ -268,12 +268,6 @@ def run_samples(run_id: str, tracking_uri: str | None = None) -> list[dict[str, 
         return samples_from_table(json.loads(Path(path).read_text()))
 
 
-def samples_from_table(table: dict[str, Any]) -> list[dict[str, Any]]:
-    """MLflow table JSON (columns + data) -> list of sample dicts."""
-    columns = table.get("columns", [])
-    return [dict(zip(columns, row)) for row in table.get("data", [])]
-
-
 # ---- figures written to files ------------------------------------------------------------------
 def build_report(run_id: str, out: Path | None = None, tracking_uri: str | None = None) -> Path:
     """Rebuild a run's dashboard from the tracking store alone; returns the PNG path."""
@@ -281,10 +275,9 @@ def build_report(run_id: str, out: Path | None = None, tracking_uri: str | None 
 
     run = get_run(run_id, tracking_uri)
     frame = wide_history(run_id, tracking_uri)
-    figure = build_dashboard(frame, run_samples(run_id, tracking_uri))
     name = run.info.run_name or run_id[:8]
-    figure.suptitle(f"{name} ({run.info.status.lower()}) - " + (figure._suptitle.get_text()
-                                                                  if figure._suptitle else ""))
+    figure = build_dashboard(frame, run_samples(run_id, tracking_uri),
+                             title=f"{name} ({run.info.status.lower()})")
     out = Path(out) if out else Path(f"dashboard-{run_id[:8]}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_png(figure, out)

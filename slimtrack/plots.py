@@ -117,6 +117,7 @@ def build_dashboard(
     *,
     figsize: tuple[float, float] = (18.0, 12.0),
     dpi: float = 100.0,
+    title: str = "",
 ) -> Figure:
     """The seven charts of :data:`CHART_TITLES` for a frame of TrainingMetrics records."""
     df = prepare_frame(frame)
@@ -128,7 +129,8 @@ def build_dashboard(
         3, 3, height_ratios=(1.0, 1.0, 0.75),
         left=0.06, right=0.95, bottom=0.02, top=0.91, hspace=0.42, wspace=0.3,
     )
-    fig.suptitle(_headline(df), fontsize=15)
+    # ``title`` (e.g. a run's name and status in `slimtrack report`) goes before the headline.
+    fig.suptitle(f"{title} - {_headline(df)}" if title else _headline(df), fontsize=15)
     _plot_loss(fig.add_subplot(grid[0, 0]), df)
     _plot_accuracy(fig.add_subplot(grid[0, 1]), df)
     _plot_throughput(fig.add_subplot(grid[0, 2]), df)

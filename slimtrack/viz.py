@@ -48,6 +48,12 @@ def samples_table(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {"columns": columns, "data": [[s.get(c) for c in columns] for s in samples]}
 
 
+def samples_from_table(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """Inverse of ``samples_table``: MLflow table JSON -> list of sample dicts."""
+    columns = table.get("columns", [])
+    return [dict(zip(columns, row)) for row in table.get("data", [])]
+
+
 class VisualizationManager:
     def __init__(self, output_dir: Path, tracker: Any, viz_interval: int) -> None:
         self.dir = Path(output_dir) / VIZ_DIR
@@ -102,8 +108,7 @@ class VisualizationManager:
         if history.is_file():
             self.records = [r for r in records_from_json(history.read_text()) if r.step <= until_step]
         if samples.is_file():
-            table = json.loads(samples.read_text())
-            rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+            rows = samples_from_table(json.loads(samples.read_text()))
             self.samples = [s for s in rows if s["step"] <= until_step]
 
     def export_now(self) -> None:
