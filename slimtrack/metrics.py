@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 # Fields that become MLflow metrics at every step (the keys users see).
@@ -56,8 +59,7 @@ class TrainingMetrics:
 
     def as_row(self) -> dict[str, Any]:
         """Flat dict: the record's fields with loss_by_source spread into columns."""
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("loss_by_source", "extra")}
+        row = {name: getattr(self, name) for name in _ROW_FIELDS}
         row.update(self.extra)
         for source, value in self.loss_by_source.items():
             row[SOURCE_PREFIX + source] = value
@@ -72,26 +74,91 @@ class TrainingMetrics:
         return line
 
 
+# The scalar fields, in declaration order: as_row runs every step, dataclasses.fields() is slow.
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingMetrics) if f.name not in ("loss_by_source", "extra"))
+
+
+class MetricHistory:
+    """The run's records as growing float64 columns (one row per appended record).
+
+    A frame of the first n rows costs no copy of the run, so a dashboard of step 1,000,000
+    does not rebuild a million-row frame from Python objects. ``append`` only queues the
+    record (one deque append: the training thread never does the conversion, and never
+    waits for the render thread's lock); the reader moves queued records into the
+    columns. Rows below n never change once written.
+    """
+
+    INTEGER_COLUMNS = ("step", "tokens_seen")
+
+    def __init__(self, records: Iterable[TrainingMetrics] = ()) -> None:
+        self._columns: dict[str, np.ndarray] = {}  # name -> [capacity] float64, NaN where unset
+        self._rows = 0  # rows in the columns
+        self._capacity = 1024
+        self._queued: deque[TrainingMetrics] = deque()  # appended, not yet in the columns
+        self._appended = 0  # written by the appending thread only
+        self._lock = threading.Lock()  # one reader at a time moves queued records
+        for record in records:
+            self.append(record)
+
+    def __len__(self) -> int:
+        return self._appended
+
+    def append(self, record: TrainingMetrics) -> None:
+        self._queued.append(record)
+        self._appended += 1
+
+    def frame(self, rows: int | None = None) -> pd.DataFrame:
+        """The first ``rows`` rows (default all) in append order, one column per key.
+
+        The float columns are views of the history: treat the frame as read-only."""
+        rows = self._appended if rows is None else min(rows, self._appended)
+        with self._lock:
+            self._fill(rows)
+            columns = {name: column[:rows] for name, column in self._columns.items()}
+        for name in self.INTEGER_COLUMNS:
+            if name in columns and not np.isnan(columns[name]).any():
+                columns[name] = columns[name].astype(np.int64)
+        return pd.DataFrame(columns, copy=False)
+
+    def _fill(self, rows: int) -> None:
+        """Move queued records into the columns until they hold ``rows`` rows (lock held)."""
+        while self._rows < rows:
+            row = self._rows
+            if row == self._capacity:
+                self._capacity *= 2
+                self._columns = {name: _grown(column, self._capacity) for name, column in self._columns.items()}
+            for name, value in self._queued.popleft().as_row().items():
+                column = self._columns.get(name)
+                if column is None:  # a key first seen now (a new source set, val_loss)
+                    column = self._columns[name] = np.full(self._capacity, np.nan)
+                column[row] = np.nan if value is None else value
+            self._rows = row + 1
+
+    def to_json(self, rows: int | None = None) -> str:
+        """The first ``rows`` rows as a JSON list of records; null for NaN (JSON has none).
+
+        pandas' C writer: ~10x faster than json.dumps on dicts, at 15 significant digits
+        (float32-born metrics and microsecond timestamps survive exactly)."""
+        return self.frame(rows).to_json(orient="records", double_precision=15)
+
+
+def _grown(column: np.ndarray, capacity: int) -> np.ndarray:
+    grown = np.full(capacity, np.nan)
+    grown[:len(column)] = column
+    return grown
+
+
 def history_frame(records: Iterable[TrainingMetrics]) -> pd.DataFrame:
     """One row per step, columns named as the record's fields (plus loss_by_source/<set>)."""
-    rows = [r.as_row() for r in records]
-    if not rows:
-        columns = [f.name for f in dataclasses.fields(TrainingMetrics) if f.name not in ("loss_by_source", "extra")]
-        return pd.DataFrame(columns=columns)
-    return pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON has no NaN/Inf: write them as null so every reader can parse the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    history = MetricHistory(records)
+    if not len(history):
+        return pd.DataFrame(columns=list(_ROW_FIELDS))
+    return history.frame().sort_values("step").reset_index(drop=True)
 
 
 def history_json(records: Iterable[TrainingMetrics]) -> str:
     """The metric history as a JSON list of records (one entry per step)."""
-    rows = [{k: _json_safe(v) for k, v in r.as_row().items()} for r in records]
-    return json.dumps(rows, indent=1)
+    return MetricHistory(records).to_json()
 
 
 def records_from_json(text: str) -> list[TrainingMetrics]:
@@ -99,9 +166,10 @@ def records_from_json(text: str) -> list[TrainingMetrics]:
     names = {f.name for f in dataclasses.fields(TrainingMetrics)} - {"extra", "loss_by_source"}
     records = []
     for row in json.loads(text):
-        by_source = {k[len(SOURCE_PREFIX):]: v for k, v in row.items() if k.startswith(SOURCE_PREFIX)}
+        # null: a set (or rank) that this step did not have
+        by_source = {k[len(SOURCE_PREFIX):]: v for k, v in row.items() if k.startswith(SOURCE_PREFIX) and v is not None}
         fields = {k: (math.nan if v is None and k in STEP_METRIC_KEYS + ("loss",) else v)
                   for k, v in row.items() if k in names}
-        extra = {k: v for k, v in row.items() if k.startswith("rank/")}
+        extra = {k: v for k, v in row.items() if k.startswith("rank/") and v is not None}
         records.append(TrainingMetrics(**fields, loss_by_source=by_source, extra=extra))
     return records

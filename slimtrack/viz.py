@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimtrack.metrics import TrainingMetrics, history_json
-from slimtrack.metrics import history_frame as build_history_frame
+from slimtrack.metrics import MetricHistory, TrainingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ VIZ_DIR = "training_viz"
 IMAGE_KEY = "training_dashboard"
 SAMPLES_KEPT = 100  # text_samples.json stays bounded: uploading it each interval is O(1)
 MAX_PENDING_RENDERS = 4  # beyond this, the oldest pending request is dropped (coalescing)
+# Rewriting metrics_history.json is O(steps) (~0.5 s and 50 MB at 100k steps): between
+# forced exports (checkpoints, the end) it is rewritten at most this share of wall time.
+HISTORY_EXPORT_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class _Request:
     step: int
     n_records: int
     n_samples: int
+    final: bool = False  # the run's last render: metrics_history.json is always written
 
 
 def samples_table(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -60,12 +64,15 @@ class VisualizationManager:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tracker = tracker
         self.viz_interval = viz_interval
-        self.records: list[TrainingMetrics] = []
+        self.history = MetricHistory()
+        self.last_step = 0  # the step of the newest record
         self.samples: list[dict[str, Any]] = []
         self.rendered_steps: list[int] = []
         self._pending: deque[_Request] = deque(maxlen=MAX_PENDING_RENDERS)
         self._export_lock = threading.Lock()
-        self._exported_step = 0  # the JSON exports on disk cover steps up to this one
+        self._exported_step = 0  # metrics_history.json on disk covers steps up to this one
+        self._next_history_export = 0.0  # time.monotonic() before which a render skips it
+        self._dashboard = None  # plots.Dashboard, created and used by the worker thread only
         self._busy = False
         self._closed = False
         self._cond = threading.Condition()
@@ -75,7 +82,8 @@ class VisualizationManager:
     # ---- training thread ------------------------------------------------------------------------
     def update(self, record: TrainingMetrics, sample: dict[str, Any] | None = None) -> None:
         """Append one step (and maybe a sample); request a render every viz_interval steps."""
-        self.records.append(record)
+        self.history.append(record)
+        self.last_step = record.step
         if sample is not None:
             self.samples.append(sample)
         if record.step % self.viz_interval == 0:
@@ -83,9 +91,9 @@ class VisualizationManager:
 
     def request_render(self) -> None:
         """Ask the worker for a dashboard of everything appended so far; returns at once."""
-        if not self.records:
+        if not len(self.history):
             return
-        request = _Request(self.records[-1].step, len(self.records), len(self.samples))
+        request = self._request_now()
         with self._cond:
             if request not in self._pending:
                 self._pending.append(request)  # a full deque drops its oldest request
@@ -93,12 +101,20 @@ class VisualizationManager:
 
     def close(self, timeout: float = 120.0) -> None:
         """Render once more at the current step (unless just done), then stop the worker."""
-        if self.records and (not self.rendered_steps or self.rendered_steps[-1] != self.records[-1].step):
+        if len(self.history) and (not self.rendered_steps or self.rendered_steps[-1] != self.last_step):
             self.request_render()
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._worker.join(timeout)
+        if self._exported_step != self.last_step and not self._worker.is_alive():
+            # The last render skipped the (throttled) history export: the run ends with all of it.
+            history, _ = self.export_json(self._request_now(final=True))
+            if history is not None:
+                self.tracker.log_artifact(history, VIZ_DIR)
+
+    def _request_now(self, final: bool = False) -> _Request:
+        return _Request(self.last_step, len(self.history), len(self.samples), final)
 
     def restore(self, until_step: int) -> None:
         """Continue a resumed run's history from its local exports (steps <= until_step)."""
@@ -106,7 +122,9 @@ class VisualizationManager:
 
         history, samples = self.dir / "metrics_history.json", self.dir / "text_samples.json"
         if history.is_file():
-            self.records = [r for r in records_from_json(history.read_text()) if r.step <= until_step]
+            records = [r for r in records_from_json(history.read_text()) if r.step <= until_step]
+            self.history = MetricHistory(records)
+            self.last_step = records[-1].step if records else 0
         if samples.is_file():
             rows = samples_from_table(json.loads(samples.read_text()))
             self.samples = [s for s in rows if s["step"] <= until_step]
@@ -115,22 +133,30 @@ class VisualizationManager:
         """Write the JSON exports for everything appended so far, on the calling thread.
 
         Called before each checkpoint, so a resumed run finds its whole history on disk."""
-        self.export_json(_Request(self.records[-1].step if self.records else 0, len(self.records),
-                                  len(self.samples)))
+        self.export_json(self._request_now(final=True))
 
-    def export_json(self, request: _Request) -> tuple[Path, Path]:
-        """metrics_history.json and text_samples.json up to ``request``; never older than on disk."""
+    def export_json(self, request: _Request) -> tuple[Path | None, Path]:
+        """text_samples.json up to ``request``, and metrics_history.json when due (always for
+        a final request); neither is ever older than what is on disk. Returns the history
+        path, or None when this request skipped it."""
         history, samples_file = self.dir / "metrics_history.json", self.dir / "text_samples.json"
+        written = None
         with self._export_lock:
-            if request.step >= self._exported_step:
-                _atomic_write_bytes(history, history_json(self.records[:request.n_records]).encode())
-                table = samples_table(self.samples[:request.n_samples][-SAMPLES_KEPT:])
-                _atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode())
+            if request.step < self._exported_step:
+                return None, samples_file
+            table = samples_table(self.samples[:request.n_samples][-SAMPLES_KEPT:])
+            _atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode())
+            now = time.monotonic()
+            if request.final or now >= self._next_history_export:
+                _atomic_write_bytes(history, self.history.to_json(request.n_records).encode())
                 self._exported_step = request.step
-        return history, samples_file
+                took = time.monotonic() - now
+                self._next_history_export = now + took / HISTORY_EXPORT_SHARE
+                written = history
+        return written, samples_file
 
     def to_frame(self):
-        return build_history_frame(self.records)
+        return self.history.frame()
 
     # ---- worker thread ------------------------------------------------------------------------
     def _render_forever(self) -> None:
@@ -147,11 +173,12 @@ class VisualizationManager:
                 log.exception("dashboard render at step %d failed", request.step)
 
     def _render(self, request: _Request) -> None:
-        from slimtrack.plots import build_dashboard, save_png  # matplotlib loads off the hot path
+        from slimtrack.plots import Dashboard, save_png  # matplotlib loads off the hot path
 
-        records = self.records[:request.n_records]
+        if self._dashboard is None:  # one figure for the whole run: its axes are built once
+            self._dashboard = Dashboard()
         samples = self.samples[:request.n_samples]
-        figure = build_dashboard(build_history_frame(records), samples)
+        figure = self._dashboard.update(self.history.frame(request.n_records), samples)
         step_png = self.dir / f"training_step_{request.step:06d}.png"
         save_png(figure, step_png)
         latest_png = self.dir / "training_latest.png"
@@ -160,7 +187,8 @@ class VisualizationManager:
 
         self.tracker.log_artifact(step_png, VIZ_DIR)
         self.tracker.log_artifact(latest_png, VIZ_DIR)
-        self.tracker.log_artifact(history, VIZ_DIR)
+        if history is not None:
+            self.tracker.log_artifact(history, VIZ_DIR)
         self.tracker.log_table_file(samples_file, VIZ_DIR)
         self.tracker.log_image(step_png, key=IMAGE_KEY, step=request.step)
         self.rendered_steps.append(request.step)

@@ -87,3 +87,20 @@ def test_history_frame_and_json_round_trip():
     assert [r.step for r in back] == [2, 1]
     assert math.isnan(back[0].loss) and back[1].loss_by_source == {"A": 1.0}
     assert history_frame([]).empty
+
+
+def test_metric_history_grows_and_backfills_new_columns():
+    from slimtrack.metrics import MetricHistory
+
+    history = MetricHistory()
+    for step in range(1, 3001):  # past the initial capacity twice
+        extra = {"loss_by_source": {"late": 0.5}} if step > 2000 else {}
+        history.append(record(step, **extra))
+    early = history.frame(10)
+    assert list(early["step"]) == list(range(1, 11)) and early["step"].dtype == "int64"
+    frame = history.frame()
+    assert len(frame) == 3000 and frame["loss_by_source/late"].isna().sum() == 2000
+    assert frame["loss_by_source/late"].iloc[-1] == 0.5
+    back = records_from_json(history.to_json(2001))
+    assert len(back) == 2001 and back[0].loss_by_source == {} and back[-1].loss_by_source == {"late": 0.5}
+    assert back[-1].loss == frame["loss"].iloc[2000]

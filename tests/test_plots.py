@@ -266,3 +266,21 @@ def test_shorten() -> None:
     assert plots.shorten("x" * 100) == "x" * 59 + "…"
     assert plots.shorten("  tab\there  ") == "tab here"
     assert plots.shorten(None) == "None"
+
+
+def test_a_reused_dashboard_draws_exactly_what_a_fresh_one_does() -> None:
+    """Dashboard.update removes the previous data: after other frames (empty, NaN-only,
+    with validation points, longer), the pixels equal a fresh build's."""
+    final = metrics(300).assign(val_loss=lambda f: f["loss"].where(f["step"] % 100 == 0))
+    reused = plots.Dashboard(figsize=(9, 6), dpi=50)
+    for frame, rows in [(metrics(1_200), samples(7)), (pd.DataFrame(), []), (metrics(1), samples(1)),
+                        (pd.DataFrame({c: [np.nan] * 3 for c in plots.REQUIRED_COLUMNS}).assign(step=[1, 2, 3]), [])]:
+        render(reused.update(frame, rows))
+    figure = reused.update(final, samples(3))
+    fresh = build_dashboard(final, samples(3), figsize=(9, 6), dpi=50)
+    assert [len(ax.get_lines()) for ax in figure.axes] == [len(ax.get_lines()) for ax in fresh.axes]
+    assert charts(figure)[SAMPLES].tables[0].get_celld().keys() == charts(fresh)[SAMPLES].tables[0].get_celld().keys()
+    assert not charts(figure)[LOSS].texts  # the earlier "no data yet" note is gone
+    with Image.open(io.BytesIO(render(figure))) as a, Image.open(io.BytesIO(render(fresh))) as b:
+        assert a.size == b.size
+        assert np.array_equal(np.asarray(a), np.asarray(b))

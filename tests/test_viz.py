@@ -35,7 +35,8 @@ def test_a_slow_render_never_builds_an_unbounded_queue(tmp_path):
     viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=1)
     with viz._cond:  # hold the worker off, as a long render would
         for step in range(1, 50):
-            viz.records.append(record(step))
+            viz.history.append(record(step))
+            viz.last_step = step
             started = time.perf_counter()
             viz.request_render()  # must not wait: the worker cannot take the lock right now...
             assert time.perf_counter() - started < 0.05
@@ -54,6 +55,25 @@ def test_export_now_and_restore_continue_a_history(tmp_path):
     viz.close()
     again = VisualizationManager(tmp_path, NullTracker(), viz_interval=1000)
     again.restore(until_step=5)
-    assert [r.step for r in again.records] == [1, 2, 3, 4, 5]
+    assert list(again.history.frame()["step"]) == [1, 2, 3, 4, 5]
     assert [s["step"] for s in again.samples] == [1, 2, 3, 4, 5]
     again.close()
+
+
+def test_history_export_is_throttled_between_renders_and_complete_at_the_end(tmp_path, monkeypatch):
+    import slimtrack.viz as viz_module
+    monkeypatch.setattr(viz_module, "HISTORY_EXPORT_SHARE", 1e-9)  # after one export, the next is "too soon"
+    viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=5)
+    history = tmp_path / "training_viz" / "metrics_history.json"
+    for step in range(1, 21):
+        viz.update(record(step))
+        if step == 5 or step == 15:
+            deadline = time.monotonic() + 60
+            while viz.rendered_steps[-1:] != [step] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert viz.rendered_steps[-1] == step
+    assert [row["step"] for row in json.loads(history.read_text())] == [1, 2, 3, 4, 5]  # later renders skipped it
+    viz.close()
+    rows = json.loads(history.read_text())
+    assert [row["step"] for row in rows] == list(range(1, 21))
+    assert rows[-1]["loss"] == 5.0 / 20 and rows[-1]["val_loss"] is None
