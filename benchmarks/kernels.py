@@ -119,7 +119,8 @@ def machine_line(device: str, threads: int) -> str:
     parts = [f"{datetime.datetime.now():%Y-%m-%d %H:%M}", f"CPU {cpu}",
              f"{available_cores()} cores ({threads} threads used)",
              f"torch {torch.__version__}", f"numba {numba.__version__}",
-             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"]
+             f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+             f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', 'unset')}"]
     if device == "cuda":
         parts.insert(2, f"GPU {torch.cuda.get_device_name()}")
     return "; ".join(parts)

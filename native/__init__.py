@@ -6,19 +6,24 @@ CUDA version (``@cuda.jit``), with a plain torch reference beside them:
 - ``fused_cross_entropy(logits, targets)``: loss, accuracy and per-row loss from one
   pass over the logits; the gradient is written into the logits buffer in place.
 - ``FusedAdamW``: a ``torch.optim.Optimizer`` whose step is one pass per parameter.
+- ``fused_gelu(x)``: GELU (tanh) whose forward pass also writes its derivative, so the
+  backward pass is one multiply. CPU only: on CUDA it runs torch's GELU, already one
+  fused kernel, which a numba launch could only slow down.
 
 CUDA modules are imported lazily: importing this package never needs a GPU.
 """
 
 from .adamw import FusedAdamW
 from .cross_entropy import fused_cross_entropy
+from .gelu import fused_gelu
 
-__all__ = ["FusedAdamW", "fused_cross_entropy", "warmup"]
+__all__ = ["FusedAdamW", "fused_cross_entropy", "fused_gelu", "warmup"]
 
 
 def warmup() -> None:
     """Compile every CPU kernel into numba's on-disk cache (``slimtrack warmup``)."""
-    from . import adamw, cross_entropy
+    from . import adamw, cross_entropy, gelu
 
     cross_entropy.warmup()
     adamw.warmup()
+    gelu.warmup()

@@ -10,7 +10,7 @@ in place. Per row it makes three passes over data that is already in cache:
    where ``x == max`` (the argmax, first maximum wins as ``torch.argmax``),
 3. ``row *= scale / sum`` and ``row[target] -= scale``.
 
-``exp`` is computed exactly once per element by ``_exp_nonpos``, a float32
+``exp`` is computed exactly once per element by ``float32_math.exp_nonpos``, a float32
 polynomial (Cephes ``expf``, max relative error ~1e-7) written in plain arithmetic
 so that LLVM vectorises it; numba's ``np.exp`` calls scalar libm ``expf`` and was
 the bottleneck (about 5x slower per element here).
@@ -27,6 +27,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from .float32_math import exp_nonpos
+
 _F = np.float32
 _I32 = np.int32
 
@@ -35,38 +37,10 @@ _I32 = np.int32
 # a time so that each row stays in L1/L2 across its three passes.
 ROWS_PER_TASK = 16
 
-# exp(x) is clamped below this (exp(-87) is still a normal float32).
-_EXP_CUTOFF = _F(-87.0)
-
 # Fast-math flag sets. Max/argmax comparisons get none (nnan/ninf would let LLVM
 # assume there are no NaN/inf, changing the comparisons). The sum may reassociate
 # (needed to vectorise the reduction; float32 lanes then act like a pairwise sum).
 _FM_SUM = {"reassoc", "contract"}
-_FM_POLY = {"contract"}
-
-
-@intrinsic
-def _bits_to_f32(typingctx, bits):
-    """Reinterpret an int32 bit pattern as float32 (a bitcast LLVM can vectorise)."""
-    if bits != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def _f32_to_bits(typingctx, x):
-    """Reinterpret a float32 as its int32 bit pattern."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
 
 
 @intrinsic
@@ -85,34 +59,6 @@ def _maxnum(typingctx, a, b):
         return builder.call(fn, args)
 
     return types.float32(types.float32, types.float32), codegen
-
-
-@numba.njit(fastmath=_FM_POLY, cache=True)
-def _exp_nonpos(d):
-    """exp(d) for float32 d <= 0 (d = x - rowmax); NaN stays NaN.
-
-    Below -87 the input is clamped: the result is then ~1.6e-38 instead of the
-    true value (0 after rounding the gradient), which no loss or gradient can see.
-    """
-    dc = _EXP_CUTOFF if d < _EXP_CUTOFF else d
-    # n = round(d / ln2) by the 1.5 * 2**23 trick: the float addition rounds, and
-    # the low mantissa bits of t then hold n. Safe only because this function is
-    # compiled without "reassoc" (which would fold (t + C) - C to t).
-    t = dc * _F(1.44269504088896341) + _F(12582912.0)
-    n = t - _F(12582912.0)
-    # r = d - n*ln2 with ln2 split in two (Cody-Waite), |r| <= ln2/2.
-    r = dc - n * _F(0.693359375)
-    r = r - n * _F(-2.12194440e-4)
-    p = _F(1.9875691500e-4)
-    p = p * r + _F(1.3981999507e-3)
-    p = p * r + _F(8.3334519073e-3)
-    p = p * r + _F(4.1665795894e-2)
-    p = p * r + _F(1.6666665459e-1)
-    p = p * r + _F(5.0000001201e-1)
-    y = p * r * r + r + _F(1.0)
-    # 2**n from its exponent bits (n in [-126, 0]): low bits of t are n + 0x400000.
-    two_n = _bits_to_f32(_I32((_f32_to_bits(t) + _I32(127)) << _I32(23)))
-    return y * two_n
 
 
 @numba.njit(cache=True)
@@ -136,14 +82,14 @@ def _row_exp_sum_argmax(row, m, store):
     if store:
         for i in range(V):
             x = row[i]
-            e = _exp_nonpos(x - m)
+            e = exp_nonpos(x - m)
             row[i] = e
             s += e
             first = min(first, _I32(i) if x == m else not_found)
     else:
         for i in range(V):
             x = row[i]
-            s += _exp_nonpos(x - m)
+            s += exp_nonpos(x - m)
             first = min(first, _I32(i) if x == m else not_found)
     return s, first
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# torch's bundled OpenMP and the OpenMP numba's parallel kernels use are two thread pools
-# whose idle threads spin by default; on a small machine the spinning pool starves the one
-# doing work (measured here: a numba kernel call went from 0.13 ms to 11 ms, and a training
-# step slowed 1.2-3x under load). Threads that sleep when idle avoid it. Set before torch
-# loads, so it works for the CLI; a user's own setting wins. See native/threads.py.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numba's parallel kernels run on numba's own "workqueue" pool rather than a second
+# OpenMP runtime beside torch's. Two OpenMP pools whose idle threads spin starve each other
+# on a small machine; making every OpenMP thread sleep when idle (OMP_WAIT_POLICY=PASSIVE,
+# this project's first fix) cost torch ~10 % of a training step in wake-ups. With numba off
+# OpenMP, torch keeps its default spin-then-sleep policy (measured in docs/benchmarks.md).
+# Set before numba loads; a user's own setting wins. See native/threads.py.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 
 def _load_native_from_checkout() -> None:

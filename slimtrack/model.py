@@ -3,6 +3,11 @@
 Shapes use B = batch, T = sequence length, C = n_embd, V = vocab size,
 H = heads, D = C // H. The model returns logits only; the loss is the trainer's
 business (it may use the fused native kernel, which needs the raw logits).
+
+``GPT(config, kernels="native")`` runs the MLP's GELU through the numba kernel
+(``slimtrack.native.fused_gelu``) while training; evaluation, export and
+``kernels="torch"`` use ``F.gelu``. Both compute the same function (within ~1e-6), and
+the weights and checkpoints are the same either way.
 """
 
 from __future__ import annotations
@@ -37,25 +42,32 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, native_gelu: bool = False) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
+        self.native_gelu = native_gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        h = self.fc(x)  # [B, T, 4C]
+        if self.native_gelu and self.training:
+            from slimtrack.native import fused_gelu  # numba loads only when asked for
+            h = fused_gelu(h, inplace=True)  # h is the fc output: nothing saved it for backward
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.proj(h))
 
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, native_gelu: bool = False) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, native_gelu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -63,13 +75,13 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, kernels: str = "torch") -> None:
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, native_gelu=kernels == "native") for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied embeddings

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from slimtrack import __version__
+from slimtrack.allocator import keep_freed_memory
 from slimtrack.checkpoint import (latest_checkpoint, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
 from slimtrack.config import Config
@@ -203,6 +204,7 @@ class Job:
 
 def setup(config: Config, resume: ResumePoint | None) -> Job:
     threads = configure_threads(config.train.num_threads or None)
+    keep_freed_memory()  # the step's buffers are reused instead of page-faulted in each step
     seed_everything(config.train.seed)
     world, device = init_world(resolve_device(config.train.device))
     tokenizer = load_tokenizer(config.data.tokenizer)
@@ -214,7 +216,7 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
                                         world_size=world.world_size),
                          tokenizer, config.data.batch_size, config.data.seq_len)
     val_chunks = validation_chunks(config, tokenizer) if world.is_main else []
-    module = GPT(config.model).to(device)  # same seed on every rank: identical initial weights
+    module = GPT(config.model, config.train.kernels).to(device)  # same seed on every rank: same weights
     model = DistributedDataParallel(module) if world.enabled else module
 
     run_name = config.tracking.run_name or default_run_name(config)

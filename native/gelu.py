@@ -1,0 +1,73 @@
+"""GELU (tanh approximation) whose forward pass also yields its derivative.
+
+    y = fused_gelu(x)                 # same values as F.gelu(x, approximate="tanh"), within ~1e-6
+    y = fused_gelu(h, inplace=True)   # writes y over h (h: an activation nothing else saved)
+    y.backward(grad)                  # grad * dy/dx: one multiply, no second tanh
+
+CPU float32 tensors run the numba kernel in gelu_cpu.py; it saves dy/dx (instead of x)
+for the backward pass, so memory is the same as torch's. With ``inplace`` it also
+allocates no more than torch does (dy/dx is its one new tensor, where torch's is y):
+on this VM every fresh buffer's page faults cost as much as the arithmetic. autograd
+still checks the in-place write: if anything saved ``h`` for its backward pass, that
+backward pass raises instead of reading the overwritten values. Everything else (CUDA tensors,
+other dtypes) runs torch's GELU: on CUDA it is already one fused kernel per direction,
+and a numba launch (~1 ms from Python, see docs/benchmarks.md) would cost more than the
+op itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import gelu_cpu
+
+
+def gelu_reference(x: torch.Tensor) -> torch.Tensor:
+    """What fused_gelu computes, in torch ops."""
+    return F.gelu(x, approximate="tanh")
+
+
+def fused_gelu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """GELU with the tanh approximation; any shape. ``inplace`` writes the result over
+    ``x`` (contiguous CPU float32 only; otherwise a new tensor, as without it)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return gelu_reference(x)
+    if inplace and x.is_contiguous():
+        return _FusedGELUInplace.apply(x)
+    return _FusedGELU.apply(x)
+
+
+def _forward_into(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Run the kernel over contiguous x -> y (may be x itself); returns dy/dx (new)."""
+    dydx = torch.empty_like(x)
+    gelu_cpu.gelu_forward(x.detach().view(-1).numpy(), y.detach().view(-1).numpy(), dydx.view(-1).numpy())
+    return dydx
+
+
+class _FusedGELU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        ctx.save_for_backward(_forward_into(x, y))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (dydx,) = ctx.saved_tensors
+        return grad * dydx
+
+
+class _FusedGELUInplace(_FusedGELU):  # the same backward
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(_forward_into(x, x))  # elementwise: reading x[i] before writing it
+        ctx.mark_dirty(x)
+        return x
+
+
+def warmup() -> None:
+    """Compile the CPU kernel (numba caches it on disk)."""
+    x = torch.linspace(-4, 4, 64)
+    fused_gelu(x.requires_grad_()).sum().backward()
