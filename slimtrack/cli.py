@@ -72,6 +72,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", help="MLflow experiment (default: slimtrack)")
     p.add_argument("--run-name", help="MLflow run name (default: preset-dataset-kernels-id)")
     p.add_argument("--no-tracking", action="store_true", help="same loop without MLflow (benchmarks)")
+    p.add_argument("--no-log-model", action="store_true",
+                   help="do not log the final model (its export takes seconds; checkpoints stay)")
     p.add_argument("--resume", metavar="RUN_ID_OR_OUTPUT_DIR",
                    help="continue a run from its newest checkpoint (same MLflow run; --max-chunks may "
                         "extend it, other flags are taken from the checkpoint)")
@@ -108,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "lr": args.lr, "warmup_steps": args.warmup_steps, "num_threads": args.num_threads,
         "output_dir": args.output_dir, "experiment": args.experiment, "run_name": args.run_name,
         "tracking.enabled": False if args.no_tracking else None,
+        "tracking.log_model": False if args.no_log_model else None,
     }
     return build_config(preset, **overrides)
 

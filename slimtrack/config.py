@@ -97,6 +97,7 @@ class TrackingConfig:
     enabled: bool = True  # False (--no-tracking): the same loop with no MLflow at all
     experiment: str = "slimtrack"  # MLflow experiment (ignored when attached via MLFLOW_RUN_ID)
     run_name: str = ""  # "" = a name that says what differs (preset, dataset, kernels, id)
+    log_model: bool = True  # False (--no-log-model): no final model export (pt2) into the run
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "--experiment must not be empty")

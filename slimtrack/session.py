@@ -322,7 +322,7 @@ def _finish(job: Job, hooks: LoopHooks, status: str, save: Any, save_final: bool
         return
     hooks.bar.close()
     job.viz.close()
-    if status == "FINISHED" and hasattr(tracker, "log_model"):
+    if status == "FINISHED" and job.config.tracking.log_model and hasattr(tracker, "log_model"):
         example = np.zeros((1, job.config.data.seq_len), dtype=np.int64)  # [1, T] token ids
         tracker.log_model(copy.deepcopy(job.model).cpu().eval(), example)
     tracker.finish(status)

@@ -46,3 +46,14 @@ def test_params_are_flat_strings_with_stable_names():
     assert all(isinstance(v, str) for v in params.values())
     # never the bare -P names that `mlflow run` logs itself
     assert not {"max_chunks", "test", "preset", "viz_interval"} & set(params)
+
+
+def test_no_log_model_flag_reaches_the_config():
+    from slimtrack.cli import build_parser, config_from_args
+
+    def parse(*argv):
+        return config_from_args(build_parser().parse_args(["train", "--test", *argv]))
+
+    assert parse().tracking.log_model is True
+    assert parse("--no-log-model").tracking.log_model is False
+    assert parse("--no-log-model").as_params()["tracking.log_model"] == "False"
