@@ -211,7 +211,7 @@ def _simulated_loop(steps: int, interval: int, render: bool) -> tuple[float, lis
     return wall, per_interval
 
 
-def training_thread_cost(steps: int = 300, interval: int = 50) -> str:
+def training_thread_cost(steps: int = 200, interval: int = 50) -> str:
     """Training-thread time per viz interval, and the whole loop's slowdown from rendering
     in the background (the GIL and the two cores are shared), alternated over 3 repetitions."""
     with_render, without = [], []

@@ -205,3 +205,8 @@ if __name__ == "__main__":
         print(f"\n(AdamW benchmark not run: {exc})")
     else:
         print("\n" + adamw_main(args.device, args.quick))
+
+    # ---- and the GELU kernel (benchmarks/kernels_gelu.py): CPU only, CUDA runs torch's GELU ----
+    if args.device == "cpu":
+        from kernels_gelu import main as gelu_main
+        print("\n" + gelu_main(args.quick, args.threads), flush=True)

@@ -38,7 +38,7 @@ class Bench:
 BENCHES = [
     Bench("kernels", "Native kernels: fused cross-entropy and FusedAdamW vs torch", "kernels.py", [], ["--quick"]),
     Bench("dashboard", "Dashboard render time", "dashboard.py",
-          ["--sizes", "1000", "10000", "100000"], ["--sizes", "1000"]),
+          ["--sizes", "1000", "10000", "100000", "1000000"], ["--sizes", "1000"]),
     Bench("end_to_end", "End to end: slimtrack vs a plain PyTorch loop", "end_to_end.py",
           ["--max-chunks", "15", "--bpe-max-chunks", "8", "--warmup", "3", "--repeats", "2"],
           ["--quick", "--vocab", "byte"]),  # the 50k runs are the slowest; data_pipeline smoke-tests that tokenizer
