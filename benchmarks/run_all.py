@@ -106,10 +106,13 @@ def replace_section(doc: str, name: str, body: str, title: str) -> str:
     return doc.rstrip() + f"\n\n## {title}\n\n{block}\n"
 
 
-def write_docs(outcomes: list[Outcome], quick: bool, machine: str) -> None:
+def write_docs(outcomes: list[Outcome], quick: bool, machine: str, whole_suite: bool) -> None:
+    """Each benchmark's section; the summary only for a run of the whole suite (an --only run
+    keeps the last full run's total)."""
     doc = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
     when = f"{datetime.date.today().isoformat()}" + (", quick" if quick else "")
-    doc = replace_section(doc, "summary", run_summary(outcomes, quick, machine), "Last run")
+    if whole_suite:
+        doc = replace_section(doc, "summary", run_summary(outcomes, quick, machine), "Last run")
     for outcome in outcomes:
         doc = replace_section(doc, outcome.bench.name, section_body(outcome, when), outcome.bench.title)
     DOC.write_text(doc)
@@ -130,7 +133,7 @@ def main() -> int:
     outcomes = [run_bench(bench, args.quick, args.timeout) for bench in benches]
     print("\n" + run_summary(outcomes, args.quick, machine))
     if args.write_docs if args.write_docs is not None else not args.quick:
-        write_docs(outcomes, args.quick, machine)
+        write_docs(outcomes, args.quick, machine, whole_suite=len(benches) == len(BENCHES))
     return 0 if all(o.ok for o in outcomes) else 1
 
 

@@ -30,10 +30,11 @@ def gelu_reference(x: torch.Tensor) -> torch.Tensor:
 
 def fused_gelu(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """GELU with the tanh approximation; any shape. ``inplace`` writes the result over
-    ``x`` (contiguous CPU float32 only; otherwise a new tensor, as without it)."""
+    ``x`` (a contiguous CPU float32 tensor that is not a view; otherwise a new tensor, as
+    without it)."""
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return gelu_reference(x)
-    if inplace and x.is_contiguous():
+    if inplace and x.is_contiguous() and not x._is_view():  # on a view autograd would copy its base
         return _FusedGELUInplace.apply(x)
     return _FusedGELU.apply(x)
 

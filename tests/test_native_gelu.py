@@ -105,3 +105,11 @@ def test_inplace_on_a_tensor_saved_for_backward_fails_loudly():
     y = fused_gelu(h, inplace=True)
     with pytest.raises(RuntimeError, match="inplace"):
         y.sum().backward()
+
+
+def test_inplace_on_a_view_returns_a_new_tensor():
+    base = torch.randn(4, 64, requires_grad=True) * 1.0
+    view = base.view(2, 128)  # in place on a view would make autograd copy the base in backward
+    y = fused_gelu(view, inplace=True)
+    assert y.data_ptr() != view.data_ptr()
+    torch.testing.assert_close(y, gelu_reference(view), atol=1e-6, rtol=1e-6)
