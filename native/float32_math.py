@@ -48,7 +48,6 @@ def f32_to_bits(typingctx, x):
     return types.int32(types.float32), codegen
 
 
-
 @numba.njit(fastmath=FM_POLY, cache=True)
 def exp_nonpos(d):
     """exp(d) for float32 d <= 0 (d = x - rowmax); NaN stays NaN.

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 UI: open in Model-training mode
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
-_FLUSH = "flush"  # queue marker from flush(): deliver what lingers now
 MAX_PARAMS_PER_BATCH = 100
+_FLUSH = "flush"  # queue marker from flush(): deliver what lingers now
 
 
 def redact_uri(uri: str) -> str:
@@ -254,7 +254,8 @@ class MlflowTracker:
             if self.offline and time.monotonic() - self._last_replay >= self.replay_interval:
                 self.replay()
             self._send_or_spool(ops)
-            self._last_send = time.monotonic()
+            if ops:  # a tick or a lone flush marker sent nothing: the next op need not linger
+                self._last_send = time.monotonic()
             self._done(len(ops))
             if stop:
                 return

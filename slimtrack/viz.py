@@ -73,7 +73,6 @@ class VisualizationManager:
         self._exported_step = 0  # metrics_history.json on disk covers steps up to this one
         self._next_history_export = 0.0  # time.monotonic() before which a render skips it
         self._dashboard = None  # plots.Dashboard, created and used by the worker thread only
-        self._busy = False
         self._closed = False
         self._cond = threading.Condition()
         self._worker = threading.Thread(target=self._render_forever, name="slimtrack-viz", daemon=True)
