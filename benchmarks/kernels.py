@@ -206,6 +206,11 @@ if __name__ == "__main__":
     else:
         print("\n" + adamw_main(args.device, args.quick))
 
+    # ---- on CUDA, the launch path's host time (benchmarks/cuda_launch.py) ----
+    if args.device == "cuda":
+        from cuda_launch import main as launch_main
+        print("\n" + launch_main(), flush=True)
+
     # ---- and the GELU kernel (benchmarks/kernels_gelu.py): CPU only, CUDA runs torch's GELU ----
     if args.device == "cpu":
         from kernels_gelu import main as gelu_main

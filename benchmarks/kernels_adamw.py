@@ -85,10 +85,9 @@ def max_param_diff(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> float:
 def kernel_only_seconds(opt: FusedAdamW, launches: int = 20) -> float:
     """CUDA: time of the kernel alone (tables already on the device, launches back to back,
     CUDA events), to separate the kernel's bandwidth from the per-step host work."""
-    from numba import cuda
-
     from slimtrack.native import adamw_cuda
     from slimtrack.native.adamw import adamw_scalars
+    from slimtrack.native.cuda_launch import torch_stream
 
     params = [p for g in opt.param_groups for p in g["params"]]
     rows = [[p.data_ptr(), opt.state[p]["exp_avg"].data_ptr(),
@@ -98,9 +97,9 @@ def kernel_only_seconds(opt: FusedAdamW, launches: int = 20) -> float:
                            dtype=torch.float32, device="cuda")
     chunks = torch.from_numpy(adamw_cuda.chunk_table(tuple(p.numel() for p in params),
                                                      adamw_cuda.CUDA_CHUNK).copy()).cuda()
-    args = [cuda.as_cuda_array(t) for t in (ptrs, scalars, chunks)]
+    args = (ptrs, scalars, chunks)
     blocks = min(chunks.shape[0], 32 * torch.cuda.get_device_properties(0).multi_processor_count)
-    stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+    stream = torch_stream(ptrs.device)
     adamw_cuda.launch(*args, blocks, adamw_cuda.THREADS, stream)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

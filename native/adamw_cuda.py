@@ -27,10 +27,12 @@ import warnings
 
 import numpy as np
 from numba import config, cuda
+from numba import types as nbt
 
 from .adamw_cpu import (BETA2, DECAY, EPS, EXP_AVG, EXP_AVG_SQ, GRAD, INV_BC2_SQRT, N_PTRS,
                         N_SCALARS, ONE_MINUS_BETA1, ONE_MINUS_BETA2, PARAM, STEP_SIZE,
                         chunk_table)
+from .cuda_launch import CudaKernel, torch_stream
 
 # 8 Ki elements per chunk and 256 threads per block: a 10M-parameter model gives
 # ~1.3K blocks, enough to keep every SM of an H100/H200 streaming.
@@ -133,9 +135,17 @@ def adamw_multi_tensor_cuda(ptrs, scalars, chunks):
                     _store_f32(param, i, p[k] * decay - step_size * (mk / denom))
 
 
+# (n_tensors, 8) int64, (n_tensors, 7) float32 view of the same rows, (n_chunks, 3) int64
+_SIGNATURE = (nbt.Array(nbt.int64, 2, "C"), nbt.Array(nbt.float32, 2, "A"), nbt.Array(nbt.int64, 2, "C"))
+_kernel = CudaKernel(adamw_multi_tensor_cuda, _SIGNATURE)
+
+
 def launch(ptrs, scalars, chunks, blocks: int, threads: int = THREADS, stream=0) -> None:
-    """Launch the kernel on device arrays (the simulator test calls this directly)."""
-    adamw_multi_tensor_cuda[blocks, threads, stream](ptrs, scalars, chunks)
+    """Launch the kernel on torch CUDA tensors or numba device arrays (the simulator test)."""
+    if config.ENABLE_CUDASIM:
+        adamw_multi_tensor_cuda[blocks, threads, stream](ptrs, scalars, chunks)
+    else:
+        _kernel(blocks, threads, stream, ptrs, scalars, chunks)
 
 
 # A small model has fewer chunks than the occupancy heuristic likes; that is expected.
@@ -149,11 +159,10 @@ class _Launcher:
 
     The chunk table never changes; the per-step table (addresses and scalars) is
     rewritten in place by a copy on the same stream, so it cannot overtake the
-    previous step's kernel. Building DeviceNDArrays (``as_cuda_array``) each step
-    costs more than the copy, hence this cache.
+    previous step's kernel.
     """
 
-    def __init__(self, numels: tuple[int, ...], n_tensors: int, device, stream_handle: int) -> None:
+    def __init__(self, numels: tuple[int, ...], n_tensors: int, device) -> None:
         import torch
 
         chunks = torch.from_numpy(chunk_table(numels, CUDA_CHUNK).copy())
@@ -161,12 +170,10 @@ class _Launcher:
         self.n_chunks = chunks.shape[0]
         # int64 columns 0-3: addresses; columns 4-7 read as float32 8-15: the 7 scalars.
         self.meta = torch.empty((n_tensors, 8), dtype=torch.int64, device=device)
-        self.ptrs_d = cuda.as_cuda_array(self.meta, sync=False)  # (n_tensors, 8) int64
-        self.scalars_d = cuda.as_cuda_array(self.meta.view(torch.float32)[:, 8:], sync=False)
-        self.chunks_d = cuda.as_cuda_array(self.chunks, sync=False)  # (n_chunks, 3) int64
+        self.scalars = self.meta.view(torch.float32)[:, 8:]  # (n_tensors, 8) f32, strided
         sm_count = torch.cuda.get_device_properties(device).multi_processor_count
         self.blocks = min(self.n_chunks, 32 * sm_count)
-        self.stream = cuda.external_stream(stream_handle)
+        self.stream = torch_stream(device)
 
 
 _launchers: dict[tuple[int, tuple[int, ...], int], _Launcher] = {}
@@ -186,7 +193,7 @@ def adamw_step_cuda(ptrs: np.ndarray, scalars: np.ndarray, numels: tuple[int, ..
             if len(_launchers) >= 64:  # e.g. a new stream per step: don't grow forever
                 _launchers.clear()
             launcher = _launchers[key] = _Launcher(numels, ptrs.shape[0],
-                                                   torch.device("cuda", index), handle)
+                                                   torch.device("cuda", index))
         if launcher.n_chunks == 0:  # only empty tensors
             return
         host = torch.empty((ptrs.shape[0], 8), dtype=torch.int64, pin_memory=True)
@@ -196,5 +203,5 @@ def adamw_step_cuda(ptrs: np.ndarray, scalars: np.ndarray, numels: tuple[int, ..
         # Async from pinned memory on the current stream (torch's caching host
         # allocator keeps the pinned block until the copy has run): no host sync.
         launcher.meta.copy_(host, non_blocking=True)
-        launch(launcher.ptrs_d, launcher.scalars_d, launcher.chunks_d, launcher.blocks,
-               THREADS, launcher.stream)
+        launch(launcher.meta, launcher.scalars, launcher.chunks, launcher.blocks, THREADS,
+               launcher.stream)

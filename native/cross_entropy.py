@@ -82,37 +82,17 @@ def _run_kernel(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     return loss, accuracy, row_loss, x
 
 
-# ---- CUDA glue: numba device arrays over torch memory, torch's current stream ----
-# Launch overhead matters at small V. torch's __cuda_array_interface__ makes numba
-# create a stream object per array, so the glue describes the memory itself (no
-# "stream" key) and caches one external-stream wrapper per torch stream.
-
-_TYPESTR = {torch.float32: "<f4", torch.float16: "<f2", torch.int16: "<i2", torch.int64: "<i8"}
-_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-_STREAMS: dict[int, object] = {}
-
-
-def _device_array(t: torch.Tensor):
-    """A numba device array over a contiguous CUDA tensor (no copy, no sync)."""
-    from numba import cuda
-
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)  # numba has no bf16: the kernels convert the bits
-    desc = {"shape": tuple(t.shape), "strides": None, "data": (t.data_ptr(), False),
-            "typestr": _TYPESTR[t.dtype], "version": 3}
-    return cuda.from_cuda_array_interface(desc, owner=t, sync=False)
+# ---- CUDA glue: torch tensors straight into the kernels, on torch's current stream ----
 
 
 def _cuda_launch(t: torch.Tensor, launch) -> None:
     """Run ``launch(stream)`` in t's device context on torch's current stream."""
     from numba import cuda
 
-    ptr = torch.cuda.current_stream(t.device).cuda_stream
-    stream = _STREAMS.get(ptr)
-    if stream is None:
-        stream = _STREAMS[ptr] = cuda.external_stream(ptr)
+    from .cuda_launch import torch_stream
+
     with cuda.gpus[t.device.index or 0]:
-        launch(stream)
+        launch(torch_stream(t.device))
 
 
 def _cuda_forward(x: torch.Tensor, targets: torch.Tensor, ignore_index: int,
@@ -121,10 +101,9 @@ def _cuda_forward(x: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     from . import cross_entropy_cuda as kernels  # lazy: no CUDA import on CPU-only machines
 
     out = torch.empty(2, x.shape[0], dtype=torch.float32, device=x.device)
-    count = (targets != ignore_index).sum()
+    count = (targets != ignore_index).sum().reshape(1)
     _cuda_launch(x, lambda stream: kernels.launch_cross_entropy(
-        _device_array(out), _device_array(x), _device_array(targets),
-        _device_array(count.reshape(1)), ignore_index, write_grad, _KINDS[x.dtype], stream))
+        out, x, targets, count, ignore_index, write_grad, _KINDS[x.dtype], stream))
     return out, count
 
 
@@ -132,8 +111,10 @@ def _cuda_scale(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
     from . import cross_entropy_cuda as kernels
 
     g = grad_output.detach().to(device=grad.device, dtype=torch.float32).reshape(1)
-    _cuda_launch(grad, lambda stream: kernels.launch_scale(
-        _device_array(grad), _device_array(g), _KINDS[grad.dtype], stream))
+    _cuda_launch(grad, lambda stream: kernels.launch_scale(grad, g, _KINDS[grad.dtype], stream))
+
+
+_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 class _FusedCrossEntropy(torch.autograd.Function):

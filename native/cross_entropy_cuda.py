@@ -12,8 +12,8 @@ so the same code runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 Logits may be float32, float16 or bfloat16; the math is float32 throughout. numba
 has no bfloat16 array type, so bf16 storage is viewed as int16 and converted with
 bit shifts (a bf16 is the top half of a float32), rounding to nearest-even on store.
-The torch side (views without copies, torch's current stream, no host sync) lives
-in cross_entropy.py; the launchers here take numba device arrays.
+The torch side (torch's current stream, no host sync) lives in cross_entropy.py; the
+launchers here take torch tensors or numba device arrays (cuda_launch.CudaKernel).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import math
 import numpy as np
 from numba import config, cuda
 from numba import types as nbt
+
+from .cuda_launch import CudaKernel
 
 DEFAULT_BLOCK = 512
 SMALL_V_BLOCK = 128  # rows this short would leave most of a 512-thread block idle
@@ -257,10 +259,11 @@ def python_kernels(kind: str, block: int = DEFAULT_BLOCK) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def get_kernels(kind: str, block: int = DEFAULT_BLOCK) -> tuple:
-    """(ce_kernel, scale_kernel) dispatchers; compiled on first launch."""
-    fns = python_kernels(kind, block)
-    return cuda.jit(fns["ce_kernel"]), cuda.jit(fns["scale_kernel"])
+def get_kernels(kind: str, block: int = DEFAULT_BLOCK) -> tuple[CudaKernel, CudaKernel]:
+    """(ce_kernel, scale_kernel), each ``kernel(grid, block, stream, *args)``; compiled on first launch."""
+    fns, sigs = python_kernels(kind, block), signatures(kind)
+    return (CudaKernel(cuda.jit(fns["ce_kernel"]), sigs["ce_kernel"]),
+            CudaKernel(cuda.jit(fns["scale_kernel"]), sigs["scale_kernel"]))
 
 
 def block_for(V: int) -> int:
@@ -269,7 +272,7 @@ def block_for(V: int) -> int:
 
 def launch_cross_entropy(out, logits, targets, count, ignore_index: int, write_grad: bool,
                          kind: str, stream=0, block: int | None = None) -> None:
-    """Launch the fused kernel on device arrays (numba or CUDA-array-interface).
+    """Launch the fused kernel on torch CUDA tensors or numba device arrays.
 
     out [2, N] f32 receives row losses and correct flags; see ce_kernel for the rest.
     """
@@ -278,7 +281,7 @@ def launch_cross_entropy(out, logits, targets, count, ignore_index: int, write_g
         return
     block = block or block_for(V)
     ce, _ = get_kernels(kind, block)
-    ce[N, block, stream](out, logits, targets, count, int(ignore_index), bool(write_grad))
+    ce(N, block, stream, out, logits, targets, count, int(ignore_index), bool(write_grad))
 
 
 def launch_scale(grad, grad_output, kind: str, stream=0, block: int | None = None) -> None:
@@ -288,4 +291,4 @@ def launch_scale(grad, grad_output, kind: str, stream=0, block: int | None = Non
         return
     block = block or block_for(V)
     _, sc = get_kernels(kind, block)
-    sc[N, block, stream](grad, grad_output)
+    sc(N, block, stream, grad, grad_output)

@@ -167,3 +167,26 @@ def test_fused_adamw_on_cuda_never_syncs_and_round_trips():
     _train(other, resumed, range(8, 12))
     for pa, pb in zip(model.parameters(), other.parameters()):
         assert torch.equal(pa, pb)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_adamw_cuda_fast_launch_matches_numba_dispatcher():
+    """The direct launch is in use on a real GPU and steps bit-identically to numba's
+    dispatcher (which gets the strided scalars view as a DeviceNDArray)."""
+    from slimtrack.native import adamw_cuda, cuda_launch
+
+    (model_a, model_b), _, _ = _cuda_model_and_opts()
+    from slimtrack.native.adamw import FusedAdamW
+
+    try:
+        for fast, model in ((True, model_a), (False, model_b)):
+            cuda_launch.FAST_LAUNCH = fast
+            _train(model, FusedAdamW(model.parameters(), lr=1e-2, weight_decay=0.1), range(5))
+            if fast:
+                assert adamw_cuda._kernel.fast, "fell back to numba's dispatcher on a real GPU"
+    finally:
+        cuda_launch.FAST_LAUNCH = True
+    torch.cuda.synchronize()
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)

@@ -216,3 +216,34 @@ def test_gpu_no_host_sync_and_edge_cases() -> None:
     loss, acc, _ = fused_cross_entropy(y, torch.zeros(1, dtype=torch.int64, device="cuda"))
     loss.backward()
     assert loss.item() == 0.0 and acc.item() == 1.0 and y.grad.item() == 0.0
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_fast_launch_matches_numba_dispatcher(dtype: torch.dtype) -> None:
+    """The direct launch (cuda_launch.CudaKernel) is in use on a real GPU and gives
+    bit-identical losses, rows and gradients to numba's own dispatcher."""
+    from slimtrack.native import cross_entropy_cuda, cuda_launch
+    from slimtrack.native.cross_entropy import fused_cross_entropy
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    logits = (torch.randn(96, 8192, device="cuda", generator=g) * 2).to(dtype)
+    targets = torch.randint(0, 8192, (96,), device="cuda", generator=g)
+    targets[::7] = -100
+    results = {}
+    try:
+        for fast in (True, False):
+            cuda_launch.FAST_LAUNCH = fast
+            x = logits.clone().requires_grad_(True)
+            loss, acc, row = fused_cross_entropy(x, targets)
+            (loss * 0.5).backward()
+            results[fast] = (loss, acc, row, x.grad)
+            if fast:
+                kind = "float32" if dtype == torch.float32 else "bfloat16"
+                ce, scale = cross_entropy_cuda.get_kernels(kind, cross_entropy_cuda.block_for(8192))
+                assert ce.fast and scale.fast, "fell back to numba's dispatcher on a real GPU"
+    finally:
+        cuda_launch.FAST_LAUNCH = True
+    for a, b in zip(results[True], results[False]):
+        assert torch.equal(a, b)
