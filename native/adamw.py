@@ -144,13 +144,26 @@ class FusedAdamW(torch.optim.Optimizer):
         super().__setstate__(state)
         self._slots = {}
 
+    # torch wraps these four in torch._disable_dynamo, whose first call imports
+    # torch._dynamo: ~3 s of every process's start on this machine. FusedAdamW is never
+    # traced by torch.compile (its step is a numba kernel), so it calls the methods
+    # underneath the wrapper; torch._dynamo stays unimported unless something compiles.
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
+        _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
         try:
             _check_group(self.param_groups[-1])
         except Exception:
             self.param_groups.pop()
             raise
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _undecorated(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -203,6 +216,11 @@ class FusedAdamW(torch.optim.Optimizer):
         if slot is None or not slot.valid_for(p, state):
             slot = self._slots[p] = _Slot(p, state)
         return slot
+
+
+def _undecorated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """The function under torch's ``_disable_dynamo`` wrapper (functools.wraps keeps it)."""
+    return getattr(method, "__wrapped__", method)
 
 
 def _launch(device: torch.device, batch: _Batch) -> None:
