@@ -8,7 +8,8 @@ GPT-2-sized byte-level BPE (50,257 -> 50,304 padded) trained once on the embedde
 and cached in benchmarks/.cache/. Three variants take turns, each run a fresh process:
 the reference loop; `slimtrack train --kernels torch` (slimtrack's loop with torch's loss,
 AdamW and GELU: shows what the native kernels add; byte vocabulary only); `slimtrack
-train` (native kernels). Both
+train` (native kernels); and, at byte, `slimtrack train --no-tracking`, which gives the
+tracking overhead from the same alternation (tracking_overhead.py measures it alone). Both
 slimtrack variants track everything into a fresh sqlite store and render a dashboard
 every 50 steps.
 
@@ -36,6 +37,8 @@ TARGET = 1.10
 PRESET = "small"
 VIZ_INTERVAL = 50
 REFERENCE, TORCH_KERNELS, SLIMTRACK = "reference loop", "slimtrack --kernels torch", "slimtrack"
+NO_TRACKING = "slimtrack --no-tracking"
+TRACKING_TARGET = 0.99
 MEASURES: dict[str, Callable[[list[dict], int], list[float]]] = {"loop": wall_rates, "step": step_rates}
 
 
@@ -47,21 +50,24 @@ def run_reference(workdir: Path, tokenizer: str, max_chunks: int) -> list[dict]:
     return read_history(out)
 
 
-def run_slimtrack(workdir: Path, tokenizer: str, max_chunks: int, kernels: str) -> list[dict]:
+def run_slimtrack(workdir: Path, tokenizer: str, max_chunks: int, kernels: str,
+                  tracking: bool = True) -> list[dict]:
     args = ["--preset", PRESET, "--tokenizer", tokenizer, "--max-chunks", str(max_chunks), "--kernels", kernels,
             "--viz-interval", str(VIZ_INTERVAL), "--eval-interval", str(max_chunks)]  # evaluate at the end only
-    return slimtrack_train(workdir, args).history
+    return slimtrack_train(workdir, args, tracking=tracking).history
 
 
 def measure(tokenizer: str, max_chunks: int, repeats: int,
-            with_torch_kernels: bool) -> dict[str, list[list[dict]]]:
+            byte_extras: bool) -> dict[str, list[list[dict]]]:
     """Per variant, the per-step histories of its runs, the variants alternated."""
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
         variants = {REFERENCE: lambda: run_reference(workdir, tokenizer, max_chunks)}
-        if with_torch_kernels:
+        if byte_extras:
             variants[TORCH_KERNELS] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "torch")
         variants[SLIMTRACK] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native")
+        if byte_extras:
+            variants[NO_TRACKING] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native", False)
         return alternate(variants, repeats)
 
 
@@ -99,6 +105,21 @@ def loss_agreement(results: dict[str, list[list[dict]]]) -> str:
     return ", ".join(parts)
 
 
+def tracking_overhead(results: dict[str, list[list[dict]]], warmup: int) -> str:
+    """Full tracking vs --no-tracking at byte, from runs alternated with the others (the
+    same table as tracking_overhead.py, which runs it alone)."""
+    rows, ratios = [], {}
+    for measure, rates in MEASURES.items():
+        on, off = (run_medians(results[name], rates, warmup) for name in (SLIMTRACK, NO_TRACKING))
+        ratios[measure] = median(on) / median(off)
+        rows.append([measure, cell(on), cell(off), f"**{ratios[measure]:.3f}**" if measure == "loop"
+                     else f"{ratios[measure]:.3f}"])
+    return ("Tracking overhead (byte, the same alternation): tokens/s median of the runs (range)\n\n"
+            + markdown_table(["measure", "full tracking", "--no-tracking", "tracking / no-tracking"], rows)
+            + f"\n\ntracking / no-tracking (loop) {ratios['loop']:.3f} "
+              f"({target_note(ratios['loop'], TRACKING_TARGET)}, target >= {TRACKING_TARGET})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-chunks", type=int, default=25, help="steps per run, byte vocabulary")
@@ -119,9 +140,12 @@ def main() -> None:
         tokenizer = "byte" if vocab == "byte" else str(bpe_tokenizer())
         label = "byte (320)" if vocab == "byte" else "BPE (50,304)"
         max_chunks = args.max_chunks if vocab == "byte" else args.bpe_max_chunks
-        # slimtrack --kernels torch shows what the kernels add; at 50k its runs are the
-        # slowest of the suite, and the kernel benchmark covers that vocabulary
-        results = measure(tokenizer, max_chunks, args.repeats, with_torch_kernels=vocab == "byte")
+        # At byte, two more variants: --kernels torch shows what the kernels add, and
+        # --no-tracking gives the tracking overhead from the same alternation. At 50k the
+        # runs are the slowest of the suite and the kernel benchmark covers that vocabulary.
+        results = measure(tokenizer, max_chunks, args.repeats, byte_extras=vocab == "byte")
+        if NO_TRACKING in results:
+            tracking = tracking_overhead(results, args.warmup)
         rows += table_rows(label, results, args.warmup)
         ratio = median(run_medians(results[SLIMTRACK], wall_rates, args.warmup)) / median(
             run_medians(results[REFERENCE], wall_rates, args.warmup))
@@ -130,6 +154,8 @@ def main() -> None:
     print(markdown_table(["vocab", "measure", REFERENCE, TORCH_KERNELS, SLIMTRACK, "slimtrack / ref",
                           "torch kernels / ref", "native / torch kernels"], rows))
     print("\n" + "\n".join(checks))
+    if "byte" in args.vocab:
+        print("\n" + tracking)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import io
 import re
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -246,3 +248,25 @@ def test_chunk_table_covers_every_element_once():
     assert [tuple(r) for r in table] == [(1, 0, 5), (2, 0, adamw_cpu.CPU_CHUNK),
                                          (2, adamw_cpu.CPU_CHUNK, adamw_cpu.CPU_CHUNK),
                                          (2, 2 * adamw_cpu.CPU_CHUNK, 1)]
+
+
+NO_DYNAMO_SCRIPT = """
+import sys, torch
+from slimtrack.native.adamw import FusedAdamW
+model = torch.nn.Linear(4, 4)
+opt = FusedAdamW(model.parameters(), lr=1e-2)
+opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+model(torch.randn(2, 4)).sum().backward()
+opt.step()
+opt.zero_grad(set_to_none=True)
+opt.load_state_dict(opt.state_dict())
+print("DYNAMO", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_fused_adamw_never_imports_dynamo() -> None:
+    """torch's optimizer methods import torch._dynamo on first call (~3 s of start-up
+    here); FusedAdamW goes around that wrapper, in a fresh process as the CLI runs it."""
+    out = subprocess.run([sys.executable, "-c", NO_DYNAMO_SCRIPT], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert "DYNAMO False" in out, out
