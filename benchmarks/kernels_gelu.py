@@ -39,7 +39,7 @@ def forward_backward(fn, x: torch.Tensor, grad: torch.Tensor) -> tuple[float, to
 
 def main(quick: bool = False, threads: int = 2) -> str:
     configure_threads(threads)
-    reps = 3 if quick else 9
+    reps = 3 if quick else 7
     lines = [f"Fused GELU (tanh), forward + backward, float32 CPU, {threads} threads, median of {reps} interleaved",
              "", "| activation | shape | torch ms | fused ms | torch / fused | max abs diff (value, grad) |",
              "|---|---|---|---|---|---|"]

@@ -45,7 +45,7 @@ BENCHES = [
     Bench("data_pipeline", "Data pipeline headroom and data wait", "data_pipeline.py",
           ["--seconds", "2", "--repeats", "2", "--train-steps", "10", "--bpe-train-steps", "6"], ["--quick"]),
     Bench("logging_capacity", "Logging capacity: records/s into MLflow", "logging_capacity.py",
-          ["--records", "2000", "--repeats", "2", "--train-steps", "30"], ["--quick"]),
+          ["--records", "1500", "--repeats", "2", "--train-steps", "30"], ["--quick"]),
     Bench("cold_start", "Cold start: numba cache cold vs warm", "cold_start.py", ["--repeats", "2"], ["--quick"]),
     Bench("scaling", "Data-parallel scaling: 1 vs 2 processes (torchrun)", "scaling.py",
           ["--max-chunks", "12", "--repeats", "1"], ["--preset", "test", "--max-chunks", "10", "--repeats", "1"]),
