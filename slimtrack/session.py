@@ -323,7 +323,9 @@ def _finish(job: Job, hooks: LoopHooks, status: str, save: Any, save_final: bool
     hooks.bar.close()
     job.viz.close()
     if status == "FINISHED" and job.config.tracking.log_model and hasattr(tracker, "log_model"):
-        example = np.zeros((1, job.config.data.seq_len), dtype=np.int64)  # [1, T] token ids
+        # [2, T] token ids: with a batch of 1, torch.export specialises the batch dimension
+        # to 1 (and warns); with 2 it stays dynamic, so the logged model takes any batch.
+        example = np.zeros((2, job.config.data.seq_len), dtype=np.int64)
         tracker.log_model(copy.deepcopy(job.model).cpu().eval(), example)
     tracker.finish(status)
     print(f"slimtrack: run {status.lower()} after {trainer.step} steps; files in {job.output_dir}",

@@ -84,6 +84,23 @@ def test_run_has_dashboards_exports_checkpoint_and_model(test_run):
     assert client.search_logged_models([only_run(client).info.experiment_id])
 
 
+def test_logged_model_loads_and_takes_any_batch(test_run):
+    """The pt2 export keeps the batch dimension dynamic (an example of batch 1 would
+    specialise it to 1): the loaded model runs on 1 and 3 sequences alike."""
+    import mlflow.pytorch
+    import torch
+
+    work, uri, result = test_run
+    assert "specialized" not in result.stderr
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{only_run(MlflowClient(uri)).info.run_id}/model")
+    seq_len = int(only_run(MlflowClient(uri)).data.params["data.seq_len"])
+    for batch in (1, 3):
+        out = model(torch.zeros(batch, seq_len, dtype=torch.int64))
+        logits = out[0] if isinstance(out, tuple) else out
+        assert logits.shape[:2] == (batch, seq_len)
+
+
 def test_report_rebuilds_the_dashboard_from_the_store(test_run, tmp_path):
     work, uri, _ = test_run
     run_id = only_run(MlflowClient(uri)).info.run_id
