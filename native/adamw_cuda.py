@@ -142,10 +142,7 @@ _kernel = CudaKernel(adamw_multi_tensor_cuda, _SIGNATURE)
 
 def launch(ptrs, scalars, chunks, blocks: int, threads: int = THREADS, stream=0) -> None:
     """Launch the kernel on torch CUDA tensors or numba device arrays (the simulator test)."""
-    if config.ENABLE_CUDASIM:
-        adamw_multi_tensor_cuda[blocks, threads, stream](ptrs, scalars, chunks)
-    else:
-        _kernel(blocks, threads, stream, ptrs, scalars, chunks)
+    _kernel(blocks, threads, stream, ptrs, scalars, chunks)
 
 
 # A small model has fewer chunks than the occupancy heuristic likes; that is expected.

@@ -84,6 +84,8 @@ def _run_kernel(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
 
 # ---- CUDA glue: torch tensors straight into the kernels, on torch's current stream ----
 
+_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
 
 def _cuda_launch(t: torch.Tensor, launch) -> None:
     """Run ``launch(stream)`` in t's device context on torch's current stream."""
@@ -112,9 +114,6 @@ def _cuda_scale(grad: torch.Tensor, grad_output: torch.Tensor) -> None:
 
     g = grad_output.detach().to(device=grad.device, dtype=torch.float32).reshape(1)
     _cuda_launch(grad, lambda stream: kernels.launch_scale(grad, g, _KINDS[grad.dtype], stream))
-
-
-_KINDS = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 class _FusedCrossEntropy(torch.autograd.Function):

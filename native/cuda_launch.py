@@ -106,8 +106,9 @@ class CudaKernel:
         function = self._functions.get(device_id)
         if function is None and self._fast:
             try:
-                from cuda.core import LaunchConfig, launch  # noqa: F401 - numba-cuda's own launcher
+                from cuda.core import LaunchConfig, launch  # numba-cuda's own launcher
 
+                self._launch, self._launch_config_type = launch, LaunchConfig
                 compiled = self.dispatcher.compile(self.argtypes)
                 function = self._functions[device_id] = compiled._codelibrary.get_cufunc().kernel
             except (ImportError, AttributeError):  # another numba-cuda: use its dispatcher
@@ -116,11 +117,9 @@ class CudaKernel:
 
     def _launch_fast(self, function: Any, grid: int, block: int, stream: Any,
                      args: tuple) -> None:
-        from cuda.core import LaunchConfig, launch
-
         launch_config = self._configs.get((grid, block))
         if launch_config is None:
-            launch_config = self._configs[(grid, block)] = LaunchConfig(grid=grid, block=block)
+            launch_config = self._configs[(grid, block)] = self._launch_config_type(grid=grid, block=block)
         flat: list = []
         for ty, value in zip(self.argtypes, args):
             if isinstance(ty, nbt.Array):
@@ -134,4 +133,4 @@ class CudaKernel:
                 flat.append(bool(value))
             else:
                 flat.append(_CTYPES[ty](value))
-        launch(_core_stream(stream), launch_config, function, *flat)
+        self._launch(_core_stream(stream), launch_config, function, *flat)

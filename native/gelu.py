@@ -11,8 +11,8 @@ on this VM every fresh buffer's page faults cost as much as the arithmetic. auto
 still checks the in-place write: if anything saved ``h`` for its backward pass, that
 backward pass raises instead of reading the overwritten values. Everything else (CUDA tensors,
 other dtypes) runs torch's GELU: on CUDA it is already one fused kernel per direction,
-and a numba launch (~1 ms from Python, see docs/benchmarks.md) would cost more than the
-op itself.
+and a numba launch (~0.1-0.2 ms of host time even through cuda_launch.CudaKernel, see
+docs/benchmarks.md) would cost more than the op itself.
 """
 
 from __future__ import annotations
