@@ -385,17 +385,21 @@ class MlflowTracker:
 
     def _apply_start(self, op: dict[str, Any]) -> None:
         client = self.client
-        run_id = op.get("resume_run_id") or op.get("attach_run_id")
+        run_id = op.get("resume_run_id") or op.get("attach_run_id") or op.get("created_run_id")
         if run_id:
             run = client.get_run(run_id)
             experiment_id = run.info.experiment_id
-            self.started_here = op.get("resume_run_id") is not None
+            self.started_here = bool(op.get("resume_run_id")) or not op.get("attach_run_id")
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
         else:
             found = client.get_experiment_by_name(op["experiment"])
             experiment_id = found.experiment_id if found else client.create_experiment(op["experiment"])
             run_id = client.create_run(experiment_id, run_name=op["run_name"] or None).info.run_id
+            # Kept in the op: if a call below fails (a locked sqlite file, a server gone),
+            # the op is retried or spooled and replayed, and must reopen this run, not
+            # create a second one with the same name.
+            op["created_run_id"] = run_id
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op["tags"].items()])
         self.run_id, self.experiment_id = run_id, experiment_id

@@ -111,6 +111,22 @@ def test_a_failing_store_spools_and_never_raises_into_training(mlflow_store, tmp
     assert steps == [1, 2]
 
 
+def test_a_start_replayed_after_a_partial_failure_reopens_its_run(mlflow_store):
+    """A start op that created its run and then failed (e.g. sqlite locked by another
+    writer) is retried or spooled and replayed: applying it again must reopen that run,
+    never create a second one with the same name."""
+    tracker = MlflowTracker(MlflowClient(), None)
+    op = {"op": "start", "experiment": "exp-start", "run_name": "once", "tags": {"t": "1"},
+          "resume_run_id": None, "attach_run_id": None}
+    tracker._apply(op)
+    first = tracker.run_id
+    tracker._apply(op)  # what a retry or a spool replay does with the same op
+    assert tracker.run_id == first and tracker.started_here
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("exp-start").experiment_id])
+    assert [r.info.run_id for r in runs] == [first]
+
+
 def test_redact_uri_and_null_tracker():
     assert redact_uri("http://bob:s3cret@host:5000/x") == "http://host:5000/x"
     assert redact_uri("sqlite:///tmp/m.db") == "sqlite:///tmp/m.db"
