@@ -48,11 +48,14 @@ def machine_line() -> str:
     import numba
     import torch
 
-    from slimtrack.native.threads import available_cores
+    from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
+    from slimtrack.native.threads import available_cores, torch_openmp_is_shareable
 
+    layer = NUMBA_THREADING_LAYER_FROM_USER or ("omp, on torch's threads" if torch_openmp_is_shareable()
+                                                       else "workqueue")
     return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}; CPU {cpu_model()}; {available_cores()} cores; "
             f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}; "
-            f"torch {torch.__version__}; numba {numba.__version__}; mlflow {mlflow.__version__}")
+            f"torch {torch.__version__}; numba {numba.__version__} ({layer}); mlflow {mlflow.__version__}")
 
 
 # ---------------------------------------------------------------- numbers and tables

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from slimtrack.native.cross_entropy import fused_cross_entropy, warmup
-from slimtrack.native.threads import available_cores, configure_threads
+from slimtrack.native.threads import available_cores, choose_threading_layer, configure_threads
 
 # Rows of logits: on CPU the small preset's tokens per step (16 x 128); a GPU batch is larger.
 N_ROWS = {"cpu": 2048, "cuda": 4096}
@@ -122,7 +122,7 @@ def machine_line(device: str, threads: int) -> str:
              f"{available_cores()} cores ({threads} threads used)",
              f"torch {torch.__version__}", f"numba {numba.__version__}",
              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
-             f"NUMBA_THREADING_LAYER={os.environ.get('NUMBA_THREADING_LAYER', 'unset')}"]
+             f"numba threading layer {choose_threading_layer()}"]
     if device == "cuda":
         parts.insert(2, f"GPU {torch.cuda.get_device_name()}")
     return "; ".join(parts)
@@ -217,3 +217,8 @@ if __name__ == "__main__":
     if args.device == "cpu":
         from kernels_gelu import main as gelu_main
         print("\n" + gelu_main(args.quick, args.threads), flush=True)
+
+    # ---- and causal attention (benchmarks/kernels_attention.py): CPU only, CUDA runs SDPA ----
+    if args.device == "cpu":
+        from kernels_attention import main as attention_main
+        print("\n" + attention_main(args.quick, args.threads), flush=True)

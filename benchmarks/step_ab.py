@@ -22,6 +22,7 @@ import torch
 from common import machine_line, markdown_table
 
 import reference_loop
+from slimtrack.allocator import keep_freed_memory
 from slimtrack.config import build_config
 from slimtrack.data import ChunkStream, SkipStats, iter_documents
 from slimtrack.model import GPT
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
     configure_threads(None)
+    keep_freed_memory()  # as `slimtrack train` does; the reference, in this process, gets it too
     variants, chunks = make_steps(args.preset, args.steps)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for i, chunk in enumerate(chunks):

@@ -9,21 +9,26 @@ CUDA version (``@cuda.jit``), with a plain torch reference beside them:
 - ``fused_gelu(x)``: GELU (tanh) whose forward pass also writes its derivative, so the
   backward pass is one multiply. CPU only: on CUDA it runs torch's GELU, already one
   fused kernel, which a numba launch could only slow down.
+- ``causal_attention(qkv, n_head)``: causal self-attention whose softmax (and its
+  backward pass) is a numba kernel between torch's batched matmuls. CPU float32 and
+  short sequences only; elsewhere it runs torch's SDPA (flash attention).
 
 CUDA modules are imported lazily: importing this package never needs a GPU.
 """
 
 from .adamw import FusedAdamW
+from .attention import causal_attention
 from .cross_entropy import fused_cross_entropy
 from .gelu import fused_gelu
 
-__all__ = ["FusedAdamW", "fused_cross_entropy", "fused_gelu", "warmup"]
+__all__ = ["FusedAdamW", "causal_attention", "fused_cross_entropy", "fused_gelu", "warmup"]
 
 
 def warmup() -> None:
     """Compile every CPU kernel into numba's on-disk cache (``slimtrack warmup``)."""
-    from . import adamw, cross_entropy, gelu
+    from . import adamw, attention, cross_entropy, gelu
 
     cross_entropy.warmup()
     adamw.warmup()
     gelu.warmup()
+    attention.warmup()

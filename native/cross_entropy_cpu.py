@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
-from .float32_math import exp_nonpos
+from .float32_math import FM_SUM, exp_nonpos, row_max
 
 _F = np.float32
 _I32 = np.int32
@@ -36,41 +33,11 @@ _I32 = np.int32
 # overhead stays small for small V, while a task's rows are still processed one at
 # a time so that each row stays in L1/L2 across its three passes.
 ROWS_PER_TASK = 16
-
-# Fast-math flag sets. Max/argmax comparisons get none (nnan/ninf would let LLVM
-# assume there are no NaN/inf, changing the comparisons). The sum may reassociate
-# (needed to vectorise the reduction; float32 lanes then act like a pairwise sum).
-_FM_SUM = {"reassoc", "contract"}
+# Fast-math flags: max/argmax comparisons get none (nnan/ninf would let LLVM assume there
+# are no NaN/inf, changing the comparisons); the sums get FM_SUM.
 
 
-@intrinsic
-def _maxnum(typingctx, a, b):
-    """IEEE maxNum (llvm.maxnum.f32): exact, no fast-math; NaN operands are skipped.
-
-    Unlike ``a if a > b else b`` LLVM vectorises a maxnum reduction without being
-    allowed to assume "no NaNs" (about 2x faster per element here).
-    """
-    if a != types.float32 or b != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.FloatType(), [ir.FloatType(), ir.FloatType()])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.maxnum.f32")
-        return builder.call(fn, args)
-
-    return types.float32(types.float32, types.float32), codegen
-
-
-@numba.njit(cache=True)
-def _row_max(row):
-    # row: [V] float32, V >= 1. Max over the non-NaN entries (NaN if all are NaN).
-    m = row[0]
-    for i in range(1, row.shape[0]):
-        m = _maxnum(m, row[i])
-    return m
-
-
-@numba.njit(fastmath=_FM_SUM, cache=True)
+@numba.njit(fastmath=FM_SUM, cache=True)
 def _row_exp_sum_argmax(row, m, store):
     # row: [V] float32. Returns (sum of exp(x - m), first index with x == m).
     # With store, row[i] becomes exp(x - m): the only exp this element gets.
@@ -129,7 +96,7 @@ def cross_entropy_fwd_bwd(row_loss, correct, logits, targets, ignore_index, writ
                 if write_grad:
                     row[:] = _F(0.0)
                 continue
-            m = _row_max(row)
+            m = row_max(row)
             x_t = row[t]  # read before pass 2 overwrites the row
             s, first = _row_exp_sum_argmax(row, m, write_grad)
             row_loss[i] = np.log(s) + (m - x_t)

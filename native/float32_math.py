@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 _F = np.float32
@@ -19,6 +19,9 @@ _I32 = np.int32
 
 # Only contraction (fused multiply-add): "reassoc" would fold exp's rounding trick away.
 FM_POLY = {"contract"}
+# For sums: may also reassociate (needed to vectorise a reduction; the float32 lanes then
+# act like a pairwise sum). Never for max/argmax: see maxnum.
+FM_SUM = {"reassoc", "contract"}
 
 # exp(x) is clamped below this (exp(-87) is still a normal float32).
 EXP_CUTOFF = _F(-87.0)
@@ -84,3 +87,30 @@ def tanh(u):
     e = exp_nonpos(_F(-2.0) * abs(u))  # in (0, 1]
     t = (_F(1.0) - e) / (_F(1.0) + e)
     return t if u >= _F(0.0) else -t
+
+
+@intrinsic
+def maxnum(typingctx, a, b):
+    """IEEE maxNum (llvm.maxnum.f32): exact, no fast-math; NaN operands are skipped.
+
+    Unlike ``a if a > b else b`` LLVM vectorises a maxnum reduction without being
+    allowed to assume "no NaNs" (about 2x faster per element here).
+    """
+    if a != types.float32 or b != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.FloatType(), [ir.FloatType(), ir.FloatType()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.maxnum.f32")
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32), codegen
+
+
+@numba.njit(cache=True)
+def row_max(row):
+    """row: [n] float32, n >= 1. Max over the non-NaN entries (NaN if all are NaN)."""
+    m = row[0]
+    for i in range(1, row.shape[0]):
+        m = maxnum(m, row[i])
+    return m

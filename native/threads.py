@@ -1,20 +1,31 @@
-"""One place that sizes numba's and torch's thread pools.
+"""One place that sizes numba's and torch's thread pools, and makes them one pool.
 
-numba (its parallel=True kernels) and torch (intra-op parallelism) each keep a
-pool of worker threads. Left alone, both size themselves to every core, and on a
-small machine the two pools then fight for the same cores: each kernel call
-spins up threads that preempt the other library's threads. slimtrack sets both
-pools to the same count (by default the cores this process may use, divided by
-the number of local processes under torchrun) once, before training starts.
+numba (its parallel=True kernels) and torch (intra-op parallelism) each keep a pool of
+worker threads. Left alone, both size themselves to every core, and on a small machine
+the two pools fight for the same cores: a numba kernel that runs right after a matmul
+shares the cores with torch's OpenMP workers, which spin for a while after each parallel
+region before they sleep. slimtrack sets both pools to the same count (by default the
+cores this process may use, divided by the number of local processes under torchrun)
+once, before training starts, and where it can it makes them the same threads:
 
-numba's pool is its own "workqueue" layer (``slimtrack/__init__.py`` sets
-``NUMBA_THREADING_LAYER`` before numba loads), not a second OpenMP runtime: two OpenMP
-pools with spinning idle threads starve each other, and making all OpenMP threads sleep
-when idle instead (``OMP_WAIT_POLICY=PASSIVE``) costs torch ~10 % of a step in wake-ups.
+- torch's CPU wheels run on GNU OpenMP (``libgomp``), loaded into the process's global
+  symbol scope. numba's "omp" threading layer, launched after that, binds its
+  ``GOMP_parallel`` calls to that same runtime (global scope comes first), so a numba
+  kernel runs on torch's own team of threads: nothing spins against it. On this VM that
+  makes the numba kernels inside a training step ~1.5x faster (the causal softmax:
+  0.9-1.2 ms -> 0.6 ms) and the native step ~4 % faster (docs/benchmarks.md).
+- Where that cannot be checked (no GNU OpenMP in the global scope, or more than one copy
+  loaded, e.g. a torch built on Intel OpenMP), numba keeps its own "workqueue" pool, the
+  default ``slimtrack/__init__.py`` sets: never a second OpenMP runtime, whose idle
+  threads would spin against torch's (``OMP_WAIT_POLICY=PASSIVE`` against that cost
+  torch ~10 % of a step in wake-ups).
+
+A ``NUMBA_THREADING_LAYER`` the user set is always kept.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 
@@ -26,13 +37,56 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _loaded_libraries(fragment: str) -> set[str]:
+    """Paths of the shared libraries mapped into this process whose file name has ``fragment``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if line.rstrip().endswith(".so") or ".so." in line}
+    except OSError:  # not Linux
+        return set()
+    return {path for path in paths if fragment in os.path.basename(path)}
+
+
+def torch_openmp_is_shareable() -> bool:
+    """Whether numba's "omp" layer, launched now, would run on torch's own OpenMP threads.
+
+    True when exactly one GNU OpenMP runtime is loaded (torch's: importing torch loads it)
+    and ``GOMP_parallel`` resolves from the global scope, which is where numba's pool
+    looks first.
+    """
+    import torch
+
+    if "OpenMP" not in torch.__config__.parallel_info() or len(_loaded_libraries("libgomp")) != 1:
+        return False
+    try:
+        ctypes.CDLL(None).GOMP_parallel  # dlsym(RTLD_DEFAULT): the global scope only
+    except AttributeError:
+        return False
+    return True
+
+
+def choose_threading_layer() -> str:
+    """Set numba's threading layer before its pool starts; returns the layer in use."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
+
+    if not parallel._is_initialized and not NUMBA_THREADING_LAYER_FROM_USER:
+        numba.config.THREADING_LAYER = "omp" if torch_openmp_is_shareable() else "workqueue"
+    return str(numba.config.THREADING_LAYER)
+
+
 def configure_threads(num_threads: int | None = None) -> int:
-    """Size torch's and numba's pools to ``num_threads`` (default: this process's share).
+    """Size torch's and numba's pools to ``num_threads`` (default: this process's share),
+    sharing torch's OpenMP threads where possible (choose_threading_layer).
 
     Returns the count used. Safe to call more than once.
     """
     import numba
     import torch
+
+    choose_threading_layer()
 
     if num_threads is None:
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -7,12 +7,12 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# numba's parallel kernels run on numba's own "workqueue" pool rather than a second
-# OpenMP runtime beside torch's. Two OpenMP pools whose idle threads spin starve each other
-# on a small machine; making every OpenMP thread sleep when idle (OMP_WAIT_POLICY=PASSIVE,
-# this project's first fix) cost torch ~10 % of a training step in wake-ups. With numba off
-# OpenMP, torch keeps its default spin-then-sleep policy (measured in docs/benchmarks.md).
-# Set before numba loads; a user's own setting wins. See native/threads.py.
+# numba's parallel kernels start on numba's own "workqueue" pool, never on a second OpenMP
+# runtime beside torch's: two OpenMP pools whose idle threads spin starve each other on a
+# small machine. Before training, native/threads.py moves numba onto torch's own OpenMP
+# threads (its "omp" layer bound to torch's libgomp) where it can check that this is safe.
+# Set before numba loads; a user's own setting wins and is never changed.
+NUMBA_THREADING_LAYER_FROM_USER = os.environ.get("NUMBA_THREADING_LAYER")
 os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 

@@ -4,9 +4,10 @@ Shapes use B = batch, T = sequence length, C = n_embd, V = vocab size,
 H = heads, D = C // H. The model returns logits only; the loss is the trainer's
 business (it may use the fused native kernel, which needs the raw logits).
 
-``GPT(config, kernels="native")`` runs the MLP's GELU through the numba kernel
-(``slimtrack.native.fused_gelu``) while training; evaluation, export and
-``kernels="torch"`` use ``F.gelu``. Both compute the same function (within ~1e-6), and
+``GPT(config, kernels="native")`` runs the MLP's GELU (``slimtrack.native.fused_gelu``)
+and the attention's causal softmax (``slimtrack.native.causal_attention``) through numba
+kernels while training; evaluation, export and ``kernels="torch"`` use ``F.gelu`` and
+``F.scaled_dot_product_attention``. Both compute the same functions (within ~1e-6), and
 the weights and checkpoints are the same either way.
 """
 
@@ -22,16 +23,21 @@ from slimtrack.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, native: bool = False) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
+        self.native = native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x [B, T, C]
+        qkv = self.qkv(x)  # [B, T, 3C]
+        if self.native and self.training and self.dropout == 0.0:
+            from slimtrack.native import causal_attention  # numba loads only when asked for
+            return self.proj(causal_attention(qkv, self.n_head))  # falls back to SDPA where not faster
+        q, k, v = qkv.split(C, dim=2)  # 3 x [B, T, C]
         # [B, T, C] -> [B, H, T, D]
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
@@ -65,12 +71,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, config: ModelConfig, native_gelu: bool = False) -> None:
+    def __init__(self, config: ModelConfig, native: bool = False) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, native)
         self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config, native_gelu)
+        self.mlp = MLP(config, native)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -84,7 +90,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, native_gelu=kernels == "native") for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, native=kernels == "native") for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied embeddings
