@@ -5,13 +5,13 @@ the plain PyTorch loop a nanoGPT user would write (reference_loop.py), same job.
 
 Preset `small`, embedded corpus, two vocabularies: the byte tokenizer (320 padded) and a
 GPT-2-sized byte-level BPE (50,257 -> 50,304 padded) trained once on the embedded corpus
-and cached in benchmarks/.cache/. Three variants take turns, each run a fresh process:
-the reference loop; `slimtrack train --kernels torch` (slimtrack's loop with torch's loss,
-AdamW and GELU: shows what the native kernels add; byte vocabulary only); `slimtrack
-train` (native kernels); and, at byte, `slimtrack train --no-tracking`, which gives the
-tracking overhead from the same alternation (tracking_overhead.py measures it alone). Both
-slimtrack variants track everything into a fresh sqlite store and render a dashboard
-every 50 steps.
+and cached in benchmarks/.cache/. The variants take turns, each run a fresh process: the
+reference loop; `slimtrack train` (native kernels, tracking everything into a fresh sqlite
+store, a dashboard every 50 steps); and, at byte, `slimtrack train --no-tracking`, which
+gives the tracking overhead from the same alternation (tracking_overhead.py measures it
+alone). What the native kernels add over torch's (`--kernels torch`) is step_ab.py's
+question: it answers it in one process, free of the process-to-process noise that a
+5 % difference drowns in here.
 
 Two measures per run, medians over the steps after --warmup, then the median of the runs:
 "loop" counts the whole iteration (step end to step end: data, logging, dashboard
@@ -36,7 +36,7 @@ from common import (BENCH_DIR, PYTHON, alternate, bench_env, bpe_tokenizer, fmt_
 TARGET = 1.10
 PRESET = "small"
 VIZ_INTERVAL = 50
-REFERENCE, TORCH_KERNELS, SLIMTRACK = "reference loop", "slimtrack --kernels torch", "slimtrack"
+REFERENCE, SLIMTRACK = "reference loop", "slimtrack"
 NO_TRACKING = "slimtrack --no-tracking"
 TRACKING_TARGET = 0.99
 MEASURES: dict[str, Callable[[list[dict], int], list[float]]] = {"loop": wall_rates, "step": step_rates}
@@ -63,8 +63,6 @@ def measure(tokenizer: str, max_chunks: int, repeats: int,
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
         variants = {REFERENCE: lambda: run_reference(workdir, tokenizer, max_chunks)}
-        if byte_extras:
-            variants[TORCH_KERNELS] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "torch")
         variants[SLIMTRACK] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native")
         if byte_extras:
             variants[NO_TRACKING] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native", False)
@@ -86,23 +84,16 @@ def table_rows(vocab: str, results: dict[str, list[list[dict]]], warmup: int) ->
     for measure, rates in MEASURES.items():
         per_run = {name: run_medians(histories, rates, warmup) for name, histories in results.items()}
         ref, native = median(per_run[REFERENCE]), median(per_run[SLIMTRACK])
-        torch_cells = ["—", "—", "—"]  # the torch-kernels variant runs at the byte vocabulary only
-        if TORCH_KERNELS in per_run:
-            torch_k = median(per_run[TORCH_KERNELS])
-            torch_cells = [cell(per_run[TORCH_KERNELS]), fmt_ratio(torch_k, ref), fmt_ratio(native, torch_k)]
-        rows.append([vocab, measure, cell(per_run[REFERENCE]), torch_cells[0], cell(per_run[SLIMTRACK]),
-                     f"**{fmt_ratio(native, ref)}**", *torch_cells[1:]])
+        rows.append([vocab, measure, cell(per_run[REFERENCE]), cell(per_run[SLIMTRACK]),
+                     f"**{fmt_ratio(native, ref)}**"])
     return rows
 
 
 def loss_agreement(results: dict[str, list[list[dict]]]) -> str:
     """Largest |loss - reference loss| at any step: ~0 when both trained the same thing."""
     reference = results[REFERENCE][0]
-    parts = []
-    for name in (n for n in (TORCH_KERNELS, SLIMTRACK) if n in results):
-        diffs = [abs(a["loss"] - b["loss"]) for history in results[name] for a, b in zip(history, reference)]
-        parts.append(f"{name} {max(diffs):.1e}")
-    return ", ".join(parts)
+    diffs = [abs(a["loss"] - b["loss"]) for history in results[SLIMTRACK] for a, b in zip(history, reference)]
+    return f"{max(diffs):.1e}"
 
 
 def tracking_overhead(results: dict[str, list[list[dict]]], warmup: int) -> str:
@@ -140,9 +131,8 @@ def main() -> None:
         tokenizer = "byte" if vocab == "byte" else str(bpe_tokenizer())
         label = "byte (320)" if vocab == "byte" else "BPE (50,304)"
         max_chunks = args.max_chunks if vocab == "byte" else args.bpe_max_chunks
-        # At byte, two more variants: --kernels torch shows what the kernels add, and
-        # --no-tracking gives the tracking overhead from the same alternation. At 50k the
-        # runs are the slowest of the suite and the kernel benchmark covers that vocabulary.
+        # At byte, --no-tracking gives the tracking overhead from the same alternation (at 50k
+        # the runs are the slowest of the suite).
         results = measure(tokenizer, max_chunks, args.repeats, byte_extras=vocab == "byte")
         if NO_TRACKING in results:
             tracking = tracking_overhead(results, args.warmup)
@@ -151,8 +141,7 @@ def main() -> None:
             run_medians(results[REFERENCE], wall_rates, args.warmup))
         checks.append(f"{label}: slimtrack/reference (loop) {ratio:.2f} ({target_note(ratio, TARGET)}, "
                       f"target >= {TARGET:.2f}); largest loss difference vs reference: {loss_agreement(results)}")
-    print(markdown_table(["vocab", "measure", REFERENCE, TORCH_KERNELS, SLIMTRACK, "slimtrack / ref",
-                          "torch kernels / ref", "native / torch kernels"], rows))
+    print(markdown_table(["vocab", "measure", REFERENCE, SLIMTRACK, "slimtrack / ref"], rows))
     print("\n" + "\n".join(checks))
     if "byte" in args.vocab:
         print("\n" + tracking)

@@ -8,8 +8,8 @@ runs of one variant differ by 5-30 %, more than the effect being measured at the
 vocabulary. Here the three steps take turns inside one process, so a slow minute hits
 them alike: the ratio isolates the step's own code (kernels, loss, optimizer) from
 process-level noise. It leaves out what only a whole run has (tracking, dashboards,
-process start), so it complements end_to_end.py and does not replace it. Not part of
-`make bench` (the suite's 10-minute budget); run it on its own.
+process start), so it complements end_to_end.py and does not replace it. It is also where
+the suite shows what the native kernels add over torch's (`--kernels torch`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def main() -> None:
           f"({args.warmup} warm-up), the variants alternated on each chunk")
     print(machine_line() + "\n")
     print(markdown_table(["variant", "median ms", "range ms", "speed vs reference"], rows))
+    native, torch_kernels = (statistics.median(times[f"slimtrack step, {k} kernels"]) for k in ("native", "torch"))
+    print(f"\nnative / torch kernels {torch_kernels / native:.2f}x; native step / reference step "
+          f"{reference / native:.2f}x (the >= 1.10 target is end_to_end.py's, for whole runs)")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
         "slimtrack.tokenizer": config.data.tokenizer, "slimtrack.kernels": config.train.kernels,
         "slimtrack.device": str(device), "slimtrack.threads": str(threads),
         "slimtrack.version": __version__, "torch.version": torch.__version__,
-        "numba.version": numba.__version__, "mlflow.version": mlflow.__version__,
+        "numba.version": numba.__version__, "numba.threading_layer": str(numba.config.THREADING_LAYER),
+        "mlflow.version": mlflow.__version__,
     }
 
 
