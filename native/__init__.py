@@ -8,7 +8,8 @@ CUDA version (``@cuda.jit``), with a plain torch reference beside them:
 - ``FusedAdamW``: a ``torch.optim.Optimizer`` whose step is one pass per parameter.
 - ``fused_gelu(x)``: GELU (tanh) whose forward pass also writes its derivative, so the
   backward pass is one multiply. CPU only: on CUDA it runs torch's GELU, already one
-  fused kernel, which a numba launch could only slow down.
+  fused kernel, which a numba launch could only slow down. ``fused_bias_gelu(h, b)``
+  also adds a bias (the MLP's fc: a bias-free matmul, then bias + GELU in one pass).
 - ``causal_attention(qkv, n_head)``: causal self-attention whose softmax (and its
   backward pass) is a numba kernel between torch's batched matmuls. CPU float32 and
   short sequences only; elsewhere it runs torch's SDPA (flash attention).
@@ -19,9 +20,9 @@ CUDA modules are imported lazily: importing this package never needs a GPU.
 from .adamw import FusedAdamW
 from .attention import causal_attention
 from .cross_entropy import fused_cross_entropy
-from .gelu import fused_gelu
+from .gelu import fused_bias_gelu, fused_gelu
 
-__all__ = ["FusedAdamW", "causal_attention", "fused_cross_entropy", "fused_gelu", "warmup"]
+__all__ = ["FusedAdamW", "causal_attention", "fused_bias_gelu", "fused_cross_entropy", "fused_gelu", "warmup"]
 
 
 def warmup() -> None:

@@ -59,12 +59,14 @@ class MLP(nn.Module):
         B, T, C = x.shape
         # 2-D so that fc's output is a tensor of its own, not a view: an in-place op on a
         # view makes autograd copy the whole base in the backward pass (~8 ms a layer here).
-        h = self.fc(x.reshape(B * T, C))  # [B*T, 4C]
+        x = x.reshape(B * T, C)
         if self.native_gelu and self.training:
-            from slimtrack.native import fused_gelu  # numba loads only when asked for
-            h = fused_gelu(h, inplace=True)  # h is the fc output: nothing saved it for backward
+            from slimtrack.native import fused_bias_gelu  # numba loads only when asked for
+            # The bias-free product is a tensor of its own, which nothing saves for backward:
+            # bias + GELU overwrite it in one pass (no broadcast copy of the bias, as addmm does).
+            h = fused_bias_gelu(F.linear(x, self.fc.weight), self.fc.bias)  # [B*T, 4C]
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(self.fc(x), approximate="tanh")  # [B*T, 4C]
         return self.dropout(self.proj(h)).view(B, T, C)
 
 

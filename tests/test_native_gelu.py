@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from slimtrack.config import ModelConfig
 from slimtrack.model import GPT
-from slimtrack.native import fused_gelu
+from slimtrack.native import fused_bias_gelu, fused_gelu
 from slimtrack.native.gelu import gelu_reference
 
 
@@ -113,3 +113,56 @@ def test_inplace_on_a_view_returns_a_new_tensor():
     y = fused_gelu(view, inplace=True)
     assert y.data_ptr() != view.data_ptr()
     torch.testing.assert_close(y, gelu_reference(view), atol=1e-6, rtol=1e-6)
+
+
+def linear_gelu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, fused: bool) -> torch.Tensor:
+    """The MLP's fc + GELU: the fused bias path, or nn.Linear's addmm then torch's GELU."""
+    if fused:
+        return fused_bias_gelu(F.linear(x, w), b)
+    return gelu_reference(F.linear(x, w, b))
+
+
+def test_bias_gelu_matches_linear_then_gelu_in_values_and_all_three_gradients():
+    g = torch.Generator().manual_seed(0)
+    x0, w0, b0 = torch.randn(37, 24, generator=g), torch.randn(40, 24, generator=g) / 5, torch.randn(40, generator=g)
+    grad = torch.randn(37, 40, generator=g)
+    outs = []
+    for fused in (True, False):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = linear_gelu(x, w, b, fused)
+        y.backward(grad)
+        outs.append((y.detach(), x.grad, w.grad, b.grad))
+    for ours, torch_s in zip(*outs):
+        torch.testing.assert_close(ours, torch_s, atol=2e-5, rtol=1e-5)
+
+
+def test_bias_gelu_writes_over_the_product_and_its_bias_gradient_ignores_the_thread_count():
+    import numba
+
+    h0, grad = torch.randn(100, 16), torch.randn(100, 16)
+    grads = []
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        h = h0.clone().requires_grad_() * 1.0  # a non-leaf product
+        b = torch.zeros(16, requires_grad=True)
+        y = fused_bias_gelu(h, b)
+        assert y.data_ptr() == h.data_ptr()
+        y.backward(grad)
+        grads.append(b.grad)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert torch.equal(grads[0], grads[1])  # a fixed split of the rows: the same rounding
+
+
+@pytest.mark.parametrize("case", ["float64", "transposed", "view", "bias shape"])
+def test_bias_gelu_inputs_it_cannot_fuse_run_torch_exactly(case):
+    h, b = torch.randn(6, 8), torch.randn(8)
+    if case == "float64":
+        h, b = h.double(), b.double()
+    elif case == "transposed":
+        h = torch.randn(8, 6).t()  # [6, 8], not contiguous
+    elif case == "view":
+        h = torch.randn(48).view(6, 8)
+    else:
+        b = torch.randn(1)
+    expected = gelu_reference(h + b)
+    assert torch.equal(fused_bias_gelu(h, b), expected)
