@@ -53,7 +53,7 @@ def fused_bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """
     if (h.device.type != "cpu" or h.dtype != torch.float32 or h.dim() != 2 or not h.is_contiguous()
             or h._is_view() or bias.shape != h.shape[1:] or bias.dtype != torch.float32 or bias.device != h.device):
-        return gelu_reference(h + bias)
+        return gelu_reference(h + bias.to(h.dtype))  # under autocast h may be bf16, the bias float32
     return _FusedBiasGELUInplace.apply(h, bias)
 
 

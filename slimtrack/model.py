@@ -60,7 +60,7 @@ class MLP(nn.Module):
         # 2-D so that fc's output is a tensor of its own, not a view: an in-place op on a
         # view makes autograd copy the whole base in the backward pass (~8 ms a layer here).
         x = x.reshape(B * T, C)
-        if self.native_gelu and self.training:
+        if self.native_gelu and self.training and x.device.type == "cpu":  # on CUDA torch's is one kernel
             from slimtrack.native import fused_bias_gelu  # numba loads only when asked for
             # The bias-free product is a tensor of its own, which nothing saves for backward:
             # bias + GELU overwrite it in one pass (no broadcast copy of the bias, as addmm does).
