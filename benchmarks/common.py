@@ -48,11 +48,9 @@ def machine_line() -> str:
     import numba
     import torch
 
-    from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
-    from slimtrack.native.threads import available_cores, torch_openmp_is_shareable
+    from slimtrack.native.threads import available_cores, threading_layer_note
 
-    layer = NUMBA_THREADING_LAYER_FROM_USER or ("omp, on torch's threads" if torch_openmp_is_shareable()
-                                                       else "workqueue")
+    layer = threading_layer_note()
     return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}; CPU {cpu_model()}; {available_cores()} cores; "
             f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}; "
             f"torch {torch.__version__}; numba {numba.__version__} ({layer}); mlflow {mlflow.__version__}")

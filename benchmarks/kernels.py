@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from slimtrack.native.cross_entropy import fused_cross_entropy, warmup
-from slimtrack.native.threads import available_cores, choose_threading_layer, configure_threads
+from slimtrack.native.threads import available_cores, configure_threads, threading_layer_note
 
 # Rows of logits: on CPU the small preset's tokens per step (16 x 128); a GPU batch is larger.
 N_ROWS = {"cpu": 2048, "cuda": 4096}
@@ -122,7 +122,7 @@ def machine_line(device: str, threads: int) -> str:
              f"{available_cores()} cores ({threads} threads used)",
              f"torch {torch.__version__}", f"numba {numba.__version__}",
              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
-             f"numba threading layer {choose_threading_layer()}"]
+             f"numba threading layer {threading_layer_note()}"]
     if device == "cuda":
         parts.insert(2, f"GPU {torch.cuda.get_device_name()}")
     return "; ".join(parts)

@@ -40,10 +40,10 @@ BENCHES = [
     Bench("dashboard", "Dashboard render time", "dashboard.py",
           ["--sizes", "100000", "1000000"], ["--sizes", "1000"]),
     Bench("end_to_end", "End to end: slimtrack vs a plain PyTorch loop", "end_to_end.py",
-          ["--max-chunks", "16", "--bpe-max-chunks", "6", "--warmup", "3", "--repeats", "3"],
+          ["--max-chunks", "16", "--bpe-max-chunks", "6", "--warmup", "3", "--repeats", "2"],
           ["--quick", "--vocab", "byte"]),  # the 50k runs are the slowest; data_pipeline smoke-tests that tokenizer
     Bench("step_ab", "The training step in one process: native vs torch kernels vs the reference loop",
-          "step_ab.py", ["--steps", "24", "--warmup", "4"], ["--steps", "4", "--warmup", "1"]),
+          "step_ab.py", ["--steps", "20", "--warmup", "4"], ["--steps", "4", "--warmup", "1"]),
     Bench("data_pipeline", "Data pipeline headroom and data wait", "data_pipeline.py",
           ["--seconds", "2", "--repeats", "2", "--train-steps", "10", "--bpe-train-steps", "6"], ["--quick"]),
     Bench("logging_capacity", "Logging capacity: records/s into MLflow", "logging_capacity.py",

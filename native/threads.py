@@ -77,6 +77,20 @@ def choose_threading_layer() -> str:
     return str(numba.config.THREADING_LAYER)
 
 
+def threading_layer_note() -> str:
+    """numba's layer for a benchmark table: the one running, else the one slimtrack would pick."""
+    import numba
+    from numba.np.ufunc import parallel
+
+    from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
+
+    if parallel._is_initialized:
+        layer = numba.threading_layer()
+    else:
+        layer = NUMBA_THREADING_LAYER_FROM_USER or ("omp" if torch_openmp_is_shareable() else "workqueue")
+    return f"{layer}, on torch's threads" if layer == "omp" and not NUMBA_THREADING_LAYER_FROM_USER else layer
+
+
 def configure_threads(num_threads: int | None = None) -> int:
     """Size torch's and numba's pools to ``num_threads`` (default: this process's share),
     sharing torch's OpenMP threads where possible (choose_threading_layer).
