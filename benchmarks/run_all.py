@@ -43,14 +43,14 @@ BENCHES = [
           ["--max-chunks", "16", "--bpe-max-chunks", "6", "--warmup", "3", "--repeats", "2"],
           ["--quick", "--vocab", "byte"]),  # the 50k runs are the slowest; data_pipeline smoke-tests that tokenizer
     Bench("step_ab", "The training step in one process: native vs torch kernels vs the reference loop",
-          "step_ab.py", ["--steps", "20", "--warmup", "4"], ["--steps", "4", "--warmup", "1"]),
+          "step_ab.py", ["--steps", "16", "--warmup", "4"], ["--steps", "4", "--warmup", "1"]),
     Bench("data_pipeline", "Data pipeline headroom and data wait", "data_pipeline.py",
           ["--seconds", "2", "--repeats", "2", "--train-steps", "10", "--bpe-train-steps", "6"], ["--quick"]),
     Bench("logging_capacity", "Logging capacity: records/s into MLflow", "logging_capacity.py",
           ["--records", "1500", "--repeats", "2", "--train-steps", "30"], ["--quick"]),
     Bench("cold_start", "Cold start: numba cache cold vs warm", "cold_start.py", ["--repeats", "2"], ["--quick"]),
     Bench("scaling", "Data-parallel scaling: 1 vs 2 processes (torchrun)", "scaling.py",
-          ["--max-chunks", "12", "--repeats", "1"], ["--preset", "test", "--max-chunks", "10", "--repeats", "1"]),
+          ["--max-chunks", "10", "--repeats", "1"], ["--preset", "test", "--max-chunks", "10", "--repeats", "1"]),
 ]
 
 
