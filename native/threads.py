@@ -16,9 +16,9 @@ once, before training starts, and where it can it makes them the same threads:
   0.9-1.2 ms -> 0.6 ms) and the native step ~4 % faster (docs/benchmarks.md).
 - Where that cannot be checked (no GNU OpenMP in the global scope, or more than one copy
   loaded, e.g. a torch built on Intel OpenMP), numba keeps its own "workqueue" pool, the
-  default ``slimtrack/__init__.py`` sets: never a second OpenMP runtime, whose idle
-  threads would spin against torch's (``OMP_WAIT_POLICY=PASSIVE`` against that cost
-  torch ~10 % of a step in wake-ups).
+  layer ``slimtrack.native`` sets on import (``start_on_numbas_own_pool``): never a second
+  OpenMP runtime, whose idle threads would spin against torch's
+  (``OMP_WAIT_POLICY=PASSIVE`` against that cost torch ~10 % of a step in wake-ups).
 
 A ``NUMBA_THREADING_LAYER`` the user set is always kept.
 """
@@ -65,14 +65,28 @@ def torch_openmp_is_shareable() -> bool:
     return True
 
 
-def choose_threading_layer() -> str:
-    """Set numba's threading layer before its pool starts; returns the layer in use."""
-    import numba
+def _layer_is_ours_to_choose() -> bool:
     from numba.np.ufunc import parallel
 
     from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
 
-    if not parallel._is_initialized and not NUMBA_THREADING_LAYER_FROM_USER:
+    return not parallel._is_initialized and not NUMBA_THREADING_LAYER_FROM_USER
+
+
+def start_on_numbas_own_pool() -> None:
+    """Until configure_threads() chooses, kernels run on numba's "workqueue" pool (numba's
+    own default would take the first of tbb / omp / workqueue that loads)."""
+    import numba
+
+    if _layer_is_ours_to_choose():
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+def choose_threading_layer() -> str:
+    """Set numba's threading layer before its pool starts; returns the layer in use."""
+    import numba
+
+    if _layer_is_ours_to_choose():
         numba.config.THREADING_LAYER = "omp" if torch_openmp_is_shareable() else "workqueue"
     return str(numba.config.THREADING_LAYER)
 

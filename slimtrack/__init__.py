@@ -7,13 +7,11 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# numba's parallel kernels start on numba's own "workqueue" pool, never on a second OpenMP
-# runtime beside torch's: two OpenMP pools whose idle threads spin starve each other on a
-# small machine. Before training, native/threads.py moves numba onto torch's own OpenMP
-# threads (its "omp" layer bound to torch's libgomp) where it can check that this is safe.
-# Set before numba loads; a user's own setting wins and is never changed.
+# numba's threading layer is slimtrack's choice (native/threads.py) unless the user set
+# NUMBA_THREADING_LAYER, which is then kept. Nothing is written to the environment: a child
+# process (a benchmark's `slimtrack train`, a torchrun worker) makes its own choice instead
+# of inheriting ours as if the user had made it.
 NUMBA_THREADING_LAYER_FROM_USER = os.environ.get("NUMBA_THREADING_LAYER")
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 
 def _load_native_from_checkout() -> None:
