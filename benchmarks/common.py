@@ -7,6 +7,7 @@ neighbour's load hits both alike) and prints medians and ratios; none asserts on
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -54,6 +55,15 @@ def machine_line() -> str:
     return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}; CPU {cpu_model()}; {available_cores()} cores; "
             f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}; "
             f"torch {torch.__version__}; numba {numba.__version__} ({layer}); mlflow {mlflow.__version__}")
+
+
+def kernel_bench_cli(main: Callable[[bool, int], str], doc: str) -> None:
+    """The command line of a CPU kernel benchmark (``--quick``, ``--threads``): prints main's table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(main(args.quick, args.threads))
 
 
 # ---------------------------------------------------------------- numbers and tables

@@ -15,11 +15,11 @@ not faulted in again), for both columns.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
+from common import kernel_bench_cli
 
 from slimtrack.allocator import keep_freed_memory
 from slimtrack.native.attention import attention_reference, causal_attention, uses_fused_kernel
@@ -63,8 +63,4 @@ def main(quick: bool = False, threads: int = 2) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    print(main(args.quick, args.threads))
+    kernel_bench_cli(main, __doc__)

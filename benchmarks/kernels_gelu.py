@@ -15,13 +15,12 @@ backward's), forward + backward to the input, the weight and the bias.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-
 import torch.nn.functional as F
+from common import kernel_bench_cli
 
 from slimtrack.native import fused_bias_gelu, fused_gelu
 from slimtrack.native.gelu import gelu_reference
@@ -88,8 +87,4 @@ def main(quick: bool = False, threads: int = 2) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    print(main(args.quick, args.threads))
+    kernel_bench_cli(main, __doc__)

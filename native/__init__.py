@@ -17,14 +17,13 @@ CUDA version (``@cuda.jit``), with a plain torch reference beside them:
 CUDA modules are imported lazily: importing this package never needs a GPU.
 """
 
+from .adamw import FusedAdamW
+from .attention import causal_attention
+from .cross_entropy import fused_cross_entropy
+from .gelu import fused_bias_gelu, fused_gelu
 from .threads import start_on_numbas_own_pool
 
 start_on_numbas_own_pool()  # before any kernel runs; configure_threads() may move it onto torch's threads
-
-from .adamw import FusedAdamW  # noqa: E402
-from .attention import causal_attention  # noqa: E402
-from .cross_entropy import fused_cross_entropy  # noqa: E402
-from .gelu import fused_bias_gelu, fused_gelu  # noqa: E402
 
 __all__ = ["FusedAdamW", "causal_attention", "fused_bias_gelu", "fused_cross_entropy", "fused_gelu", "warmup"]
 

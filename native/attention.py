@@ -59,49 +59,48 @@ def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     return _FusedCausalAttention.apply(qkv, n_head)
 
 
-def _split_heads(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
-    """[B, T, 3C] -> [3, B*H, T, D], contiguous: one copy. Batched matmul on the strided
-    [B, H, T, D] views instead copies them anyway, and runs ~5x slower (measured)."""
-    B, T, C3 = qkv.shape
-    D = C3 // 3 // n_head
-    return qkv.view(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4).reshape(3, B * n_head, T, D)
+def _to_heads(x: torch.Tensor, n_head: int, parts: int) -> torch.Tensor:
+    """[B, T, parts*C] -> [parts, B*H, T, D], contiguous: one copy (parts = 3 for q|k|v).
+    Batched matmul on the strided [B, H, T, D] views instead copies them anyway, and runs
+    ~5x slower (measured)."""
+    B, T, width = x.shape
+    D = width // parts // n_head
+    return x.reshape(B, T, parts, n_head, D).permute(2, 0, 3, 1, 4).reshape(parts, B * n_head, T, D)
 
 
-def _merge_heads(y: torch.Tensor, batch: int) -> torch.Tensor:
-    """[B*H, T, D] -> [B, T, H*D]."""
-    BH, T, D = y.shape
-    return y.view(batch, BH // batch, T, D).transpose(1, 2).reshape(batch, T, BH // batch * D)
+def _from_heads(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """[parts, B*H, T, D] -> [B, T, parts*H*D]: the inverse of _to_heads."""
+    parts, BH, T, D = x.shape
+    H = BH // batch
+    return x.view(parts, batch, H, T, D).permute(1, 3, 0, 2, 4).reshape(batch, T, parts * H * D)
 
 
 class _FusedCausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
         B = qkv.shape[0]
-        heads = _split_heads(qkv.detach(), n_head)  # [3, BH, T, D]
+        heads = _to_heads(qkv.detach(), n_head, 3)  # [3, BH, T, D]
         q, k, v = heads[0], heads[1], heads[2]
         scale = 1.0 / math.sqrt(q.shape[-1])
         probs = torch.bmm(q, k.transpose(1, 2))  # [BH, T, T] scores, then (in place) weights
         attention_cpu.causal_softmax_forward(probs.numpy(), attention_cpu._F(scale))
         ctx.save_for_backward(heads, probs)
         ctx.scale, ctx.n_head = scale, n_head
-        return _merge_heads(torch.bmm(probs, v), B)  # [B, T, C]
+        return _from_heads(torch.bmm(probs, v).unsqueeze(0), B)  # [B, T, C]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor, None]:
         heads, probs = ctx.saved_tensors
         q, k, v = heads[0], heads[1], heads[2]
-        B, T, C = grad_y.shape
-        H, D = ctx.n_head, C // ctx.n_head
-        dy = grad_y.reshape(B, T, H, D).transpose(1, 2).reshape(B * H, T, D)  # contiguous copy
+        dy = _to_heads(grad_y, ctx.n_head, 1)[0]  # [BH, T, D]
         grads = torch.empty_like(heads)  # [3, BH, T, D]: dq, dk, dv
         torch.bmm(probs.transpose(1, 2), dy, out=grads[2])  # dv = P^T dy
         dscores = torch.bmm(dy, v.transpose(1, 2))  # dP = dy v^T, [BH, T, T]; becomes dS in place
         attention_cpu.causal_softmax_backward(probs.numpy(), dscores.numpy(), attention_cpu._F(ctx.scale))
         torch.bmm(dscores, k, out=grads[0])  # dq = dS k
         torch.bmm(dscores.transpose(1, 2), q, out=grads[1])  # dk = dS^T q
-        # [3, B, H, T, D] -> [B, T, 3, H, D] = [B, T, 3C], the layout of qkv.
-        return grads.view(3, B, H, T, D).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * C), None
+        return _from_heads(grads, grad_y.shape[0]), None  # [B, T, 3C], the layout of qkv
 
 
 def warmup() -> None:

@@ -82,12 +82,16 @@ def start_on_numbas_own_pool() -> None:
         numba.config.THREADING_LAYER = "workqueue"
 
 
+def _layer_to_pick() -> str:
+    return "omp" if torch_openmp_is_shareable() else "workqueue"
+
+
 def choose_threading_layer() -> str:
     """Set numba's threading layer before its pool starts; returns the layer in use."""
     import numba
 
     if _layer_is_ours_to_choose():
-        numba.config.THREADING_LAYER = "omp" if torch_openmp_is_shareable() else "workqueue"
+        numba.config.THREADING_LAYER = _layer_to_pick()
     return str(numba.config.THREADING_LAYER)
 
 
@@ -101,7 +105,7 @@ def threading_layer_note() -> str:
     if parallel._is_initialized:
         layer = numba.threading_layer()
     else:
-        layer = NUMBA_THREADING_LAYER_FROM_USER or ("omp" if torch_openmp_is_shareable() else "workqueue")
+        layer = NUMBA_THREADING_LAYER_FROM_USER or _layer_to_pick()
     return f"{layer}, on torch's threads" if layer == "omp" and not NUMBA_THREADING_LAYER_FROM_USER else layer
 
 

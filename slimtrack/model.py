@@ -48,19 +48,19 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, native_gelu: bool = False) -> None:
+    def __init__(self, config: ModelConfig, native: bool = False) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.native_gelu = native_gelu
+        self.native = native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         # 2-D so that fc's output is a tensor of its own, not a view: an in-place op on a
         # view makes autograd copy the whole base in the backward pass (~8 ms a layer here).
         x = x.reshape(B * T, C)
-        if self.native_gelu and self.training and x.device.type == "cpu":  # on CUDA torch's is one kernel
+        if self.native and self.training and x.device.type == "cpu":  # on CUDA torch's is one kernel
             from slimtrack.native import fused_bias_gelu  # numba loads only when asked for
             # The bias-free product is a tensor of its own, which nothing saves for backward:
             # bias + GELU overwrite it in one pass (no broadcast copy of the bias, as addmm does).

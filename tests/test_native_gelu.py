@@ -141,15 +141,18 @@ def test_bias_gelu_writes_over_the_product_and_its_bias_gradient_ignores_the_thr
 
     h0, grad = torch.randn(100, 16), torch.randn(100, 16)
     grads = []
-    for threads in (1, 2):
-        numba.set_num_threads(threads)
-        h = h0.clone().requires_grad_() * 1.0  # a non-leaf product
-        b = torch.zeros(16, requires_grad=True)
-        y = fused_bias_gelu(h, b)
-        assert y.data_ptr() == h.data_ptr()
-        y.backward(grad)
-        grads.append(b.grad)
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            h = h0.clone().requires_grad_() * 1.0  # a non-leaf product
+            b = torch.zeros(16, requires_grad=True)
+            y = fused_bias_gelu(h, b)
+            assert y.data_ptr() == h.data_ptr()
+            y.backward(grad)
+            grads.append(b.grad)
+    finally:
+        numba.set_num_threads(before)
     assert torch.equal(grads[0], grads[1])  # a fixed split of the rows: the same rounding
 
 
