@@ -1,14 +1,36 @@
-"""NullTracker: the tracker of ``--no-tracking`` and of DDP ranks other than 0.
+"""NullTracker: the tracker of ``--no-tracking`` and of DDP ranks other than 0, and
+TrackingCost, what a tracker reports it took.
 
-It has MlflowTracker's interface and does nothing. It lives apart from tracking.py so
-a run without tracking never imports mlflow (about a second of start-up).
+NullTracker has MlflowTracker's interface and does nothing. Both live apart from
+tracking.py so a run without tracking never imports mlflow (about a second of start-up).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from slimtrack.metrics import TrainingMetrics
+
+
+@dataclass(frozen=True)
+class TrackingCost:
+    """The CPU tracking took from the process: an upper bound on what it can cost the loop.
+
+    Every CPU second of the delivery thread is a second the training threads could not use
+    (on a busy machine it preempts one of them, and the others wait for it at the next
+    barrier or for the GIL); the callers' seconds are spent on the training thread itself."""
+
+    worker_cpu_seconds: float  # the background delivery thread's CPU time
+    caller_seconds: float  # wall time the training thread spent in log_metrics / log_record
+
+    @property
+    def seconds(self) -> float:
+        return self.worker_cpu_seconds + self.caller_seconds
+
+    def share_of(self, wall_seconds: float) -> float:
+        """This cost as a fraction of ``wall_seconds`` (the training loop's duration)."""
+        return self.seconds / wall_seconds if wall_seconds > 0 else 0.0
 
 
 class NullTracker:
@@ -24,5 +46,6 @@ class NullTracker:
     def log_image(self, png_path: Path, key: str, step: int) -> None: ...
     def log_table_file(self, local_path: Path, artifact_path: str) -> None: ...
     def flush(self, timeout: float = 60.0) -> bool: return True
+    def cost(self) -> TrackingCost: return TrackingCost(0.0, 0.0)
     def finish(self, status: str = "FINISHED") -> None: ...
     def ui_hint(self) -> str: return "tracking was off (--no-tracking)"

@@ -14,6 +14,7 @@ import random
 import secrets
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -293,8 +294,9 @@ def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcom
     hooks = (ConsoleAndTrackingHooks(config, job.tracker, job.viz, job.skips, save, stop) if job.world.is_main
              else WorkerHooks(save, stop))
     status, message = "FINISHED", ""
+    loop = LoopClock()
     try:
-        with stop_on_signals(stop):
+        with stop_on_signals(stop), loop:
             job.trainer.fit(job.stream, job.val_chunks, hooks)
     except KeyboardInterrupt:
         status, message = "KILLED", f"interrupted at step {job.trainer.step}"
@@ -303,6 +305,8 @@ def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcom
     except BaseException:
         _finish(job, hooks, "FAILED", save, save_final=False)
         raise
+    if job.world.is_main:
+        report_tracking_cost(job, loop.seconds)
     if status == "FINISHED" and job.trainer.step < config.train.max_chunks:
         message = (f"the training data ran out after {job.trainer.step} of {config.train.max_chunks} "
                    "chunks")
@@ -312,6 +316,33 @@ def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcom
         print(f"slimtrack: rank {job.world.rank} skipped {job.skips.summary()}", file=sys.stderr)
     shutdown(job.world)
     return RunOutcome(status, job.tracker.run_id, job.output_dir, job.trainer.step, message)
+
+
+class LoopClock:
+    """The training loop's wall time (``with clock: fit(...)``), however the loop ends."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> "LoopClock":
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self._started
+
+
+def report_tracking_cost(job: Job, loop_seconds: float) -> None:
+    """What tracking took during the loop: logged as ``tracking/cpu_seconds`` and
+    ``tracking/cpu_share`` (of the loop's wall time) at the last step, and printed."""
+    if not job.config.tracking.enabled or job.trainer.step == 0:
+        return
+    cost = job.tracker.cost()
+    share = cost.share_of(loop_seconds)
+    job.tracker.log_metrics({"tracking/cpu_seconds": cost.seconds, "tracking/cpu_share": share},
+                            job.trainer.step)
+    print(f"slimtrack: tracking took {cost.seconds:.2f} s of CPU during the {loop_seconds:.1f} s loop "
+          f"({share * 100:.2f} %)", file=sys.stderr)
 
 
 def _finish(job: Job, hooks: LoopHooks, status: str, save: Any, save_final: bool) -> None:

@@ -41,7 +41,8 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from slimtrack.metrics import TrainingMetrics  # noqa: E402
-from slimtrack.notracking import NullTracker  # noqa: E402,F401 — re-exported
+from slimtrack.notracking import NullTracker, TrackingCost  # noqa: E402,F401 — NullTracker re-exported
+from slimtrack.priority import lower_this_thread_priority  # noqa: E402
 from slimtrack.spool import Spool  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class MlflowTracker:
         # Records arriving within this many seconds of the last delivery wait and share one
         # log_batch: into sqlite a record alone costs ~11 ms of CPU, batched ~2.5 ms, and that
         # CPU is taken from the training step's threads. Nothing waits longer than this.
-        self.linger = float(os.environ.get("SLIMTRACK_LOG_LINGER", "2.0"))
+        self.linger = float(os.environ.get("SLIMTRACK_LOG_LINGER", "5.0"))
         self._last_send = 0.0
         # At the end of an offline run, keep trying this long before leaving a spool behind.
         self.final_replay_timeout = float(os.environ.get("SLIMTRACK_FINAL_REPLAY_TIMEOUT", "30"))
@@ -105,6 +106,10 @@ class MlflowTracker:
         self._pending = 0
         self._pending_lock = threading.Condition()
         self._worker: threading.Thread | None = None
+        # What tracking costs the process (``cost()``): CPU seconds of the delivery thread,
+        # and wall seconds the callers (the training thread) spent inside log_metrics.
+        self._worker_cpu = 0.0
+        self._caller_seconds = 0.0
 
     # ---- starting -------------------------------------------------------------------------
     @classmethod
@@ -148,11 +153,17 @@ class MlflowTracker:
         self.log_metrics(record.as_metrics(), record.step, timestamp=record.timestamp)
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp: float | None = None) -> None:
+        started = time.perf_counter()
         millis = int((timestamp or time.time()) * 1000)
         points = [[key, float(value), millis, step] for key, value in metrics.items()
                   if step > self.last_logged.get(key, 0)]  # resumed: never log a step twice
         if points:
             self._enqueue({"op": "metrics", "points": points})
+        self._caller_seconds += time.perf_counter() - started
+
+    def cost(self) -> TrackingCost:
+        """The CPU tracking has taken so far (read by the session at the end of the loop)."""
+        return TrackingCost(self._worker_cpu, self._caller_seconds)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         self._enqueue({"op": "artifact", "path": str(local_path), "artifact_path": artifact_path})
@@ -242,6 +253,7 @@ class MlflowTracker:
         self._queue.put(op)
 
     def _drain_forever(self) -> None:
+        lower_this_thread_priority()  # deliveries wait a little rather than preempt the step (priority.py)
         while True:
             try:
                 op: Any = self._queue.get(timeout=self.replay_interval if self.offline else None)
@@ -256,6 +268,7 @@ class MlflowTracker:
             self._send_or_spool(ops)
             if ops:  # a tick or a lone flush marker sent nothing: the next op need not linger
                 self._last_send = time.monotonic()
+            self._worker_cpu = time.thread_time()  # this thread's CPU since it started
             self._done(len(ops))
             if stop:
                 return

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtrack.metrics import MetricHistory, TrainingMetrics
+from slimtrack.priority import lower_this_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class VisualizationManager:
 
     # ---- worker thread ------------------------------------------------------------------------
     def _render_forever(self) -> None:
+        lower_this_thread_priority()  # a render must not preempt the training threads (priority.py)
         while True:
             with self._cond:
                 while not self._pending and not self._closed:

@@ -63,6 +63,19 @@ def test_run_has_every_record_once_per_step(test_run):
     assert "step 30 | loss" in result.stderr
 
 
+def test_run_logs_what_tracking_cost(test_run):
+    """tracking/cpu_seconds and tracking/cpu_share at the last step, and the console line."""
+    work, uri, result = test_run
+    client = MlflowClient(uri)
+    run = only_run(client)
+    seconds = client.get_metric_history(run.info.run_id, "tracking/cpu_seconds")
+    share = client.get_metric_history(run.info.run_id, "tracking/cpu_share")
+    assert [m.step for m in seconds] == [30] and [m.step for m in share] == [30]
+    # 30 records were delivered on the background thread: that took some CPU, and less than the loop.
+    assert seconds[0].value > 0 and 0 < share[0].value < 1
+    assert "slimtrack: tracking took" in result.stderr
+
+
 def test_run_has_dashboards_exports_checkpoint_and_model(test_run):
     work, uri, _ = test_run
     client = MlflowClient(uri)

@@ -1,0 +1,56 @@
+"""Background threads run at a lower CPU priority than the training threads (priority.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+
+from slimtrack.priority import background_nice_increment, lower_this_thread_priority
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+
+
+def _nice_of(thread_id: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, thread_id)
+
+
+def _in_a_thread(increment: int | None) -> tuple[int | None, int, int]:
+    """(what lower_this_thread_priority returned, the thread's nice before, after) in a new thread."""
+    out: dict[str, int | None] = {}
+
+    def body() -> None:
+        me = threading.get_native_id()
+        out["before"] = _nice_of(me)
+        out["returned"] = lower_this_thread_priority(increment)
+        out["after"] = _nice_of(me)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    return out["returned"], out["before"], out["after"]
+
+
+@linux_only
+def test_only_the_calling_thread_gets_nicer() -> None:
+    main_before = _nice_of(threading.get_native_id())
+    returned, before, after = _in_a_thread(5)
+    assert after == min(19, before + 5) == returned
+    assert _nice_of(threading.get_native_id()) == main_before  # the training thread is untouched
+
+
+@linux_only
+def test_increment_zero_changes_nothing() -> None:
+    returned, before, after = _in_a_thread(0)
+    assert returned is None and after == before
+
+
+def test_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "3")
+    assert background_nice_increment() == 3
+    monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "-4")  # never raise a priority
+    assert background_nice_increment() == 0
+    monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "lots")
+    assert background_nice_increment() == 10
