@@ -8,13 +8,14 @@ Pipeline: a fresh ChunkStream over the embedded corpus's train split (the small 
 (cached in benchmarks/.cache/) taking turns; tokens/s counts the B*T tokens a step trains
 on, as training does. The first chunk (listing and opening the corpus) is timed apart.
 
-Training, per tokenizer: the median loop tokens/s of a short `slimtrack train --no-tracking`
-at the small preset with that tokenizer (or --training-tokens-per-sec for both). Headroom
-= pipeline / training, target >= 10x. Data wait, target < 1 % of loop time: "measured" is
-the trainer's own data_wait_ms from the run's metrics_history.json (after warm-up);
-"estimated" is (time per chunk) / (time per chunk + step time) from the two rates above,
-which is what a synchronous next() costs (the pipeline's work does not depend on the step),
-and stands in when a history has no data_wait_ms or no run was made.
+Training, per tokenizer: the loop tokens/s (tokens after the warm-up over their wall time)
+of a short `slimtrack train --no-tracking` at the small preset with that tokenizer (or
+--training-tokens-per-sec for both). Headroom = pipeline / training, target >= 10x. Data
+wait, target < 1 % of loop time: "measured" is the trainer's own data_wait_ms from the
+run's metrics_history.json (after warm-up); "estimated" is (time per chunk) / (time per
+chunk + step time) from the two rates above, which is what a synchronous next() costs (the
+pipeline's work does not depend on the step), and stands in when a history has no
+data_wait_ms or no run was made.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch  # noqa: F401 — imported before any timing (chunks are torch tensors)
 
 from common import (WARMUP_STEPS, alternate, bpe_tokenizer, fmt_num, fmt_runs, machine_line, markdown_table,
-                    median, slimtrack_train, target_note, wall_rates)
+                    median, slimtrack_train, target_note, window_rate)
 from slimtrack.config import build_config
 from slimtrack.data import ChunkStream, SkipStats, iter_documents
 from slimtrack.tokenizer import Tokenizer, load_tokenizer
@@ -51,12 +52,12 @@ def pipeline_rate(tokenizer: Tokenizer, seconds: float) -> tuple[float, float]:
 
 
 def training(tokenizer_spec: str, steps: int) -> tuple[float, float | None]:
-    """(median loop tokens/s, measured data-wait fraction or None) of a short untracked run."""
+    """(loop tokens/s, measured data-wait fraction or None) of a short untracked run."""
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         history = slimtrack_train(Path(tmp), ["--preset", "small", "--tokenizer", tokenizer_spec, "--max-chunks",
                                               str(steps), "--eval-interval", str(steps)], tracking=False).history
     warmup = min(WARMUP_STEPS, steps // 3)
-    return median(wall_rates(history, warmup)), measured_wait_fraction(history, warmup)
+    return window_rate(history, warmup), measured_wait_fraction(history, warmup)
 
 
 def measured_wait_fraction(history: list[dict], warmup: int) -> float | None:
@@ -110,7 +111,7 @@ def main() -> None:
                 else training(spec, steps[name]) for name, spec in specs.items()}
 
     source = ("given by --training-tokens-per-sec" if args.training_tokens_per_sec else
-              f"median loop tok/s of `slimtrack train --no-tracking` at the small preset, "
+              f"loop tok/s of `slimtrack train --no-tracking` at the small preset, "
               f"{args.train_steps} steps (byte) / {args.bpe_train_steps} steps (BPE)")
     print(f"Data pipeline, embedded corpus, {BATCH}x{SEQ_LEN} tokens per chunk, {args.seconds:g} s per "
           f"measurement, median of {args.repeats} alternated; training: {source}")

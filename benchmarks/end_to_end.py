@@ -1,7 +1,7 @@
 """End to end: tokens/s of `slimtrack train` (native kernels, full tracking, dashboards) vs
 the plain PyTorch loop a nanoGPT user would write (reference_loop.py), same job.
 
-    python benchmarks/end_to_end.py [--max-chunks 25] [--bpe-max-chunks 10] [--repeats 3] [--quick]
+    python benchmarks/end_to_end.py [--max-chunks 64] [--bpe-max-chunks 10] [--repeats 3] [--quick]
 
 Preset `small`, embedded corpus, two vocabularies: the byte tokenizer (320 padded) and a
 GPT-2-sized byte-level BPE (50,257 -> 50,304 padded) trained once on the embedded corpus
@@ -13,11 +13,14 @@ alone). What the native kernels add over torch's (`--kernels torch`) is step_ab.
 question: it answers it in one process, free of the process-to-process noise that a
 5 % difference drowns in here.
 
-Two measures per run, medians over the steps after --warmup, then the median of the runs:
-"loop" counts the whole iteration (step end to step end: data, logging, dashboard
-bookkeeping included), "step" only forward to optimizer update as the trainer times it.
-The runs train the same model on the same data, so their losses must agree; the largest
-difference per variant is printed as a check that the comparison is like for like.
+Two measures per run, then the median of the runs: "loop" is the tokens trained after
+--warmup steps over their wall time (step end to step end: data, logging, the dashboard
+render and MLflow deliveries included, however few steps they land on); "step" is the
+median of the steps' own rates, forward to optimizer update, as the trainer times them.
+At byte a run must pass step 50, so that the dashboard render and its upload fall inside
+the measured window (the default 64 steps do). The runs train the same model on the same
+data, so their losses must agree; the largest difference per variant is printed as a
+check that the comparison is like for like.
 Target: slimtrack / reference >= 1.10 at both vocabularies (loop measure).
 """
 
@@ -29,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import (BENCH_DIR, PYTHON, alternate, bench_env, bpe_tokenizer, fmt_num, fmt_ratio, machine_line,
-                    markdown_table, median, read_history, run_command, slimtrack_train, step_rates, target_note,
-                    wall_rates)
+from common import (BENCH_DIR, PYTHON, TrainRun, alternate, bench_env, bpe_tokenizer, fmt_num, fmt_ratio,
+                    machine_line, markdown_table, median, median_step_rate, read_history, run_command,
+                    slimtrack_train, target_note, window_rate)
 
 TARGET = 1.10
 PRESET = "small"
@@ -39,27 +42,28 @@ VIZ_INTERVAL = 50
 REFERENCE, SLIMTRACK = "reference loop", "slimtrack"
 NO_TRACKING = "slimtrack --no-tracking"
 TRACKING_TARGET = 0.99
-MEASURES: dict[str, Callable[[list[dict], int], list[float]]] = {"loop": wall_rates, "step": step_rates}
+MEASURES: dict[str, Callable[[list[dict], int], float]] = {"loop": window_rate, "step": median_step_rate}
 
 
-def run_reference(workdir: Path, tokenizer: str, max_chunks: int) -> list[dict]:
+def run_reference(workdir: Path, tokenizer: str, max_chunks: int) -> TrainRun:
     out = workdir / f"reference-{time.monotonic_ns()}.json"
     cmd = [PYTHON, str(BENCH_DIR / "reference_loop.py"), "--preset", PRESET, "--tokenizer", tokenizer,
            "--max-chunks", str(max_chunks), "--out", str(out)]
+    launched = time.time()
     run_command(cmd, workdir, bench_env(workdir))
-    return read_history(out)
+    return TrainRun(read_history(out), launched, time.time())
 
 
 def run_slimtrack(workdir: Path, tokenizer: str, max_chunks: int, kernels: str,
-                  tracking: bool = True) -> list[dict]:
+                  tracking: bool = True) -> TrainRun:
     args = ["--preset", PRESET, "--tokenizer", tokenizer, "--max-chunks", str(max_chunks), "--kernels", kernels,
             "--viz-interval", str(VIZ_INTERVAL), "--eval-interval", str(max_chunks)]  # evaluate at the end only
-    return slimtrack_train(workdir, args, tracking=tracking).history
+    return slimtrack_train(workdir, args, tracking=tracking)
 
 
 def measure(tokenizer: str, max_chunks: int, repeats: int,
-            byte_extras: bool) -> dict[str, list[list[dict]]]:
-    """Per variant, the per-step histories of its runs, the variants alternated."""
+            byte_extras: bool) -> dict[str, list[TrainRun]]:
+    """Per variant, its runs, the variants alternated."""
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
         variants = {REFERENCE: lambda: run_reference(workdir, tokenizer, max_chunks)}
@@ -69,9 +73,8 @@ def measure(tokenizer: str, max_chunks: int, repeats: int,
         return alternate(variants, repeats)
 
 
-def run_medians(histories: list[list[dict]], rates: Callable[[list[dict], int], list[float]],
-                warmup: int) -> list[float]:
-    return [median(rates(history, warmup)) for history in histories]
+def per_run(runs: list[TrainRun], rate: Callable[[list[dict], int], float], warmup: int) -> list[float]:
+    return [rate(run.history, warmup) for run in runs]
 
 
 def cell(values: list[float]) -> str:
@@ -79,41 +82,55 @@ def cell(values: list[float]) -> str:
     return f"{fmt_num(median(values))} ({fmt_num(min(values))}-{fmt_num(max(values))})"
 
 
-def table_rows(vocab: str, results: dict[str, list[list[dict]]], warmup: int) -> list[list[str]]:
+def table_rows(vocab: str, results: dict[str, list[TrainRun]], warmup: int) -> list[list[str]]:
     rows = []
-    for measure, rates in MEASURES.items():
-        per_run = {name: run_medians(histories, rates, warmup) for name, histories in results.items()}
-        ref, native = median(per_run[REFERENCE]), median(per_run[SLIMTRACK])
-        rows.append([vocab, measure, cell(per_run[REFERENCE]), cell(per_run[SLIMTRACK]),
-                     f"**{fmt_ratio(native, ref)}**"])
+    for measure, rate in MEASURES.items():
+        rates = {name: per_run(runs, rate, warmup) for name, runs in results.items()}
+        ref, native = median(rates[REFERENCE]), median(rates[SLIMTRACK])
+        rows.append([vocab, measure, cell(rates[REFERENCE]), cell(rates[SLIMTRACK]), f"**{fmt_ratio(native, ref)}**"])
     return rows
 
 
-def loss_agreement(results: dict[str, list[list[dict]]]) -> str:
+def loss_agreement(results: dict[str, list[TrainRun]]) -> str:
     """Largest |loss - reference loss| at any step: ~0 when both trained the same thing."""
-    reference = results[REFERENCE][0]
-    diffs = [abs(a["loss"] - b["loss"]) for history in results[SLIMTRACK] for a, b in zip(history, reference)]
+    reference = results[REFERENCE][0].history
+    diffs = [abs(a["loss"] - b["loss"]) for run in results[SLIMTRACK] for a, b in zip(run.history, reference)]
     return f"{max(diffs):.1e}"
 
 
-def tracking_overhead(results: dict[str, list[list[dict]]], warmup: int) -> str:
+def tracking_overhead(results: dict[str, list[TrainRun]], warmup: int) -> str:
     """Full tracking vs --no-tracking at byte, from runs alternated with the others (the
-    same table as tracking_overhead.py, which runs it alone)."""
+    same table as tracking_overhead.py, which runs it alone), and the tracker's own count
+    of the CPU it took."""
     rows, ratios = [], {}
-    for measure, rates in MEASURES.items():
-        on, off = (run_medians(results[name], rates, warmup) for name in (SLIMTRACK, NO_TRACKING))
+    for measure, rate in MEASURES.items():
+        on, off = (per_run(results[name], rate, warmup) for name in (SLIMTRACK, NO_TRACKING))
         ratios[measure] = median(on) / median(off)
         rows.append([measure, cell(on), cell(off), f"**{ratios[measure]:.3f}**" if measure == "loop"
                      else f"{ratios[measure]:.3f}"])
+    shares = [run.tracking_cpu_share for run in results[SLIMTRACK] if run.tracking_cpu_share is not None]
     return ("Tracking overhead (byte, the same alternation): tokens/s median of the runs (range)\n\n"
             + markdown_table(["measure", "full tracking", "--no-tracking", "tracking / no-tracking"], rows)
             + f"\n\ntracking / no-tracking (loop) {ratios['loop']:.3f} "
-              f"({target_note(ratios['loop'], TRACKING_TARGET)}, target >= {TRACKING_TARGET})")
+              f"({target_note(ratios['loop'], TRACKING_TARGET)}, target >= {TRACKING_TARGET})"
+            + tracking_cpu_line(shares))
+
+
+def tracking_cpu_line(shares: list[float]) -> str:
+    """The tracker's own count (`tracking/cpu_share`): its thread's CPU and the training
+    thread's time in its calls, as a share of the loop's wall time. Free of run-to-run noise,
+    it says how much CPU tracking took from the step's threads; the ratio above says what
+    that cost in throughput, within the noise."""
+    if not shares:
+        return ""
+    return ("\n\nCPU the tracker took, as a share of the loop's wall time (`tracking/cpu_share`, per run): "
+            + ", ".join(f"{100 * share:.2f} %" for share in shares))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-chunks", type=int, default=25, help="steps per run, byte vocabulary")
+    parser.add_argument("--max-chunks", type=int, default=64,
+                        help="steps per run, byte vocabulary (past 50: a dashboard render in the window)")
     parser.add_argument("--bpe-max-chunks", type=int, default=10, help="steps per run, 50k vocabulary")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="first steps of a run left out of the medians")
@@ -122,9 +139,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup = 6, 4, 1, 2
-    print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range), each run's median "
-          f"after {args.warmup} warm-up steps; byte {args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps "
-          f"per run, dashboard every {VIZ_INTERVAL} steps, slimtrack with full tracking (sqlite)")
+    print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range); loop: each run's tokens "
+          f"after {args.warmup} warm-up steps over their wall time, step: each run's median step rate; byte "
+          f"{args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps per run, dashboard every {VIZ_INTERVAL} "
+          f"steps, slimtrack with full tracking (sqlite)")
     print(machine_line() + "\n")
     rows, checks = [], []
     for vocab in args.vocab:
@@ -137,8 +155,8 @@ def main() -> None:
         if NO_TRACKING in results:
             tracking = tracking_overhead(results, args.warmup)
         rows += table_rows(label, results, args.warmup)
-        ratio = median(run_medians(results[SLIMTRACK], wall_rates, args.warmup)) / median(
-            run_medians(results[REFERENCE], wall_rates, args.warmup))
+        ratio = median(per_run(results[SLIMTRACK], window_rate, args.warmup)) / median(
+            per_run(results[REFERENCE], window_rate, args.warmup))
         checks.append(f"{label}: slimtrack/reference (loop) {ratio:.2f} ({target_note(ratio, TARGET)}, "
                       f"target >= {TARGET:.2f}); largest loss difference vs reference: {loss_agreement(results)}")
     print(markdown_table(["vocab", "measure", REFERENCE, SLIMTRACK, "slimtrack / ref"], rows))

@@ -2,7 +2,7 @@
 
 On a CPU machine the processes share the cores: 1 process uses all of them, N processes
 each use their share (slimtrack sizes the thread pools from LOCAL_WORLD_SIZE). Throughput
-is the whole loop's (step end to step end, all ranks' tokens), median after warm-up.
+is the whole loop's (all ranks' tokens after the warm-up over their wall time).
 
     python benchmarks/scaling.py [--preset small] [--max-chunks 40] [--repeats 3] [--procs 2]
 """
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from common import (PYTHON, TrainRun, alternate, bench_env, fmt_num, fmt_ratio, fmt_runs, machine_line,
-                    markdown_table, median, read_history, run_command, slimtrack_train, wall_rates)
+                    markdown_table, median, read_history, run_command, slimtrack_train, window_rate)
 
 
 def free_port() -> int:
@@ -52,13 +52,13 @@ def main() -> None:
             "1 process": lambda: slimtrack_train(work, train_args, tracking=True),
             f"{args.procs} processes": lambda: torchrun_train(work, args.procs, train_args),
         }, args.repeats)
-    rates = {name: [median(wall_rates(r.history)) for r in results] for name, results in runs.items()}
+    rates = {name: [window_rate(r.history) for r in results] for name, results in runs.items()}
     base = median(rates["1 process"])
     rows = [[name, fmt_runs(values), fmt_num(median(values)), fmt_ratio(median(values), base)]
             for name, values in rates.items()]
     print(f"# data-parallel scaling ({machine_line()}; preset {args.preset}, {args.max_chunks} chunks, "
           f"{args.device})")
-    print(markdown_table(["processes", "runs (median tok/s each)", "median tok/s", "vs 1 process"], rows))
+    print(markdown_table(["processes", "runs (tok/s each)", "median tok/s", "vs 1 process"], rows))
 
 
 if __name__ == "__main__":

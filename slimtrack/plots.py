@@ -61,6 +61,11 @@ MAX_SCATTER_POINTS = 2000
 _DOWNSAMPLER = MinMaxLTTBDownsampler()
 
 
+def charted_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` the dashboard reads; the others never reach a chart."""
+    return [name for name in REQUIRED_COLUMNS + CHARTED_OPTIONAL_COLUMNS if name in frame.columns]
+
+
 def moving_average(series: pd.Series, window: int = AVERAGE_WINDOW) -> pd.Series:
     """Trailing mean over ``window`` rows; NaNs are skipped, the first rows use what exists."""
     return series.rolling(window, min_periods=1).mean()

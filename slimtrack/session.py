@@ -213,14 +213,8 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
     config.model.vocab_size = tokenizer.vocab_size
     validate_dataset(config.data.dataset)
 
-    skips = SkipStats()
-    stream = ChunkStream(iter_documents(config.data.dataset, "train", skips, rank=world.rank,
-                                        world_size=world.world_size),
-                         tokenizer, config.data.batch_size, config.data.seq_len)
-    val_chunks = validation_chunks(config, tokenizer) if world.is_main else []
-    module = GPT(config.model, config.train.kernels).to(device)  # same seed on every rank: same weights
-    model = DistributedDataParallel(module) if world.enabled else module
-
+    # The run, its folder and the dashboard thread come first: the thread warms matplotlib up
+    # (~1 s of CPU, viz.py) while the data and the model are set up below.
     run_name = config.tracking.run_name or default_run_name(config)
     output_dir = resume.output_dir if resume else (
         Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name))
@@ -231,12 +225,25 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
                 if config.tracking.enabled else {})
         tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
                                output_dir)
-        params = {**config.as_params(), "model.num_parameters": str(module.num_parameters()),
-                  "world_size": str(world.world_size)}
-        tracker.log_params(params)
         viz = VisualizationManager(output_dir, tracker, config.train.viz_interval)
     else:  # only rank 0 talks to MLflow and writes files
         tracker, viz = NullTracker(), None
+
+    try:
+        skips = SkipStats()
+        stream = ChunkStream(iter_documents(config.data.dataset, "train", skips, rank=world.rank,
+                                            world_size=world.world_size),
+                             tokenizer, config.data.batch_size, config.data.seq_len)
+        val_chunks = validation_chunks(config, tokenizer) if world.is_main else []
+        module = GPT(config.model, config.train.kernels).to(device)  # same seed on every rank: same weights
+    except BaseException:  # the run exists already: leave it FAILED, not RUNNING
+        if viz is not None:
+            viz.close()
+        tracker.finish("FAILED")
+        raise
+    model = DistributedDataParallel(module) if world.enabled else module
+    tracker.log_params({**config.as_params(), "model.num_parameters": str(module.num_parameters()),
+                        "world_size": str(world.world_size)})
     trainer = SlimPajamaTrainer(config, model, tokenizer, device, lambda: stream.source_names, world)
     job = Job(world, config, module, stream, val_chunks, skips, tracker, viz, trainer, output_dir)
     if resume is not None:

@@ -2,8 +2,9 @@
 
 The training thread only appends (a record, sometimes a sample) and, every
 ``viz_interval`` steps, queues "render up to step N" and returns. One worker
-thread renders the dashboard with ``slimtrack.plots`` and writes/logs the
-files. At most MAX_PENDING_RENDERS requests wait; when renders fall further
+thread has the dashboard drawn by ``renderer.DashboardRenderer`` (a child
+process: matplotlib never holds the training process's GIL) and writes/logs
+the files. At most MAX_PENDING_RENDERS requests wait; when renders fall further
 behind, the oldest waiting request is dropped (coalescing) instead of queueing
 without bound.
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from slimtrack.metrics import MetricHistory, TrainingMetrics
 from slimtrack.priority import lower_this_thread_priority
+from slimtrack.renderer import DashboardRenderer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class VisualizationManager:
         self._export_lock = threading.Lock()
         self._exported_step = 0  # metrics_history.json on disk covers steps up to this one
         self._next_history_export = 0.0  # time.monotonic() before which a render skips it
-        self._dashboard = None  # plots.Dashboard, created and used by the worker thread only
+        self._renderer = DashboardRenderer()  # its child process starts (and warms up) now
         self._closed = False
         self._cond = threading.Condition()
         self._worker = threading.Thread(target=self._render_forever, name="slimtrack-viz", daemon=True)
@@ -88,6 +90,11 @@ class VisualizationManager:
             self.samples.append(sample)
         if record.step % self.viz_interval == 0:
             self.request_render()
+
+    def wait_for_renderer(self) -> None:
+        """Block until the dashboard process has started and warmed up (a benchmark times its
+        loop without that one-off; a run never waits for it)."""
+        self._renderer.wait_ready()
 
     def request_render(self) -> None:
         """Ask the worker for a dashboard of everything appended so far; returns at once."""
@@ -160,12 +167,13 @@ class VisualizationManager:
 
     # ---- worker thread ------------------------------------------------------------------------
     def _render_forever(self) -> None:
-        lower_this_thread_priority()  # a render must not preempt the training threads (priority.py)
+        lower_this_thread_priority()  # exports must not preempt the training threads (priority.py)
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
                     self._cond.wait()
                 if not self._pending:  # closed and nothing left to do
+                    self._renderer.close()
                     return
                 request = self._pending.popleft()
             try:
@@ -174,14 +182,8 @@ class VisualizationManager:
                 log.exception("dashboard render at step %d failed", request.step)
 
     def _render(self, request: _Request) -> None:
-        from slimtrack.plots import Dashboard, save_png  # matplotlib loads off the hot path
-
-        if self._dashboard is None:  # one figure for the whole run: its axes are built once
-            self._dashboard = Dashboard()
-        samples = self.samples[:request.n_samples]
-        figure = self._dashboard.update(self.history.frame(request.n_records), samples)
         step_png = self.dir / f"training_step_{request.step:06d}.png"
-        save_png(figure, step_png)
+        self._renderer.render(self.history.frame(request.n_records), self.samples[:request.n_samples], step_png)
         latest_png = self.dir / "training_latest.png"
         _atomic_write_bytes(latest_png, step_png.read_bytes())
         history, samples_file = self.export_json(request)

@@ -1,0 +1,52 @@
+"""DashboardRenderer: the dashboard drawn in a child process, the same picture as in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from slimtrack.renderer import DashboardRenderer
+
+
+def frame(steps: int) -> pd.DataFrame:
+    step = np.arange(1, steps + 1, dtype=float)
+    return pd.DataFrame({"step": step, "loss": 5.0 / step, "accuracy": step / (steps + 1),
+                         "tokens_per_sec": 1000.0 + step, "learning_rate": 1e-3,
+                         "rss_mb": 100.0, "loss_by_source/PythonDocs": 2.0})  # columns no chart reads
+
+
+SAMPLES = [{"step": 10, "input": "def f(x):", "output": "def f(y):", "accuracy": 0.75}]
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_child_process_draws_what_the_caller_would(tmp_path):
+    child, local = DashboardRenderer(), DashboardRenderer(use_process=False)
+    try:
+        assert child.child_pid() not in (None, os.getpid())
+        for name, renderer in (("child.png", child), ("local.png", local)):
+            renderer.render(frame(40), SAMPLES, tmp_path / name)
+        assert not child.in_process and local.in_process
+        assert np.array_equal(pixels(tmp_path / "child.png"), pixels(tmp_path / "local.png"))
+    finally:
+        child.close()
+
+
+def test_a_dead_child_falls_back_to_rendering_in_process(tmp_path):
+    renderer = DashboardRenderer()
+    try:
+        os.kill(renderer.child_pid(), signal.SIGKILL)
+        time.sleep(0.2)
+        renderer.render(frame(20), SAMPLES, tmp_path / "after.png")  # no exception: drawn here instead
+        assert renderer.in_process
+        assert pixels(tmp_path / "after.png").shape[:2] == (1200, 1800)
+    finally:
+        renderer.close()
