@@ -17,9 +17,11 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import IO, Callable, Iterable, Iterator, TypeVar
+
+from turns import Turns, run_in_turns
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -116,6 +118,7 @@ class TrainRun:
     launched: float  # unix time just before the process started
     ended: float  # unix time when it exited
     tracking_cpu_share: float | None = None  # the run's tracking/cpu_share metric (None: no tracking)
+    turns: Turns | None = None  # when it ran in turns with others (turns.py): when it was running
 
 
 def read_history(path: Path) -> list[dict]:
@@ -134,17 +137,61 @@ def run_command(cmd: list[str], workdir: Path, env: dict[str, str]) -> None:
     """Run to completion; on failure raise with the tail of its stderr (a benchmark must say why)."""
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {done.returncode}:\n{tail}")
+        raise RuntimeError(_failure(cmd, done.returncode, done.stderr))
 
 
-def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env: str) -> TrainRun:
-    """One `slimtrack train` in a fresh process, with its own folder (artifacts land there
-    too: the child runs there) and the sqlite store of ``workdir``, shared by the runs of one
-    benchmark as a user's runs share theirs (a fresh store costs ~4 s of table creation per
-    run). The final model export is skipped (--no-log-model): it follows the loop, which is
-    what the benchmarks time. The folder is deleted once its history is read: at a 50k
-    vocabulary a run leaves ~0.5 GB of checkpoints."""
+def _failure(cmd: list[str], returncode: int | None, stderr: str) -> str:
+    tail = "\n".join(stderr.strip().splitlines()[-15:])
+    return f"{' '.join(cmd[:6])} ... exited with {returncode}:\n{tail}"
+
+
+@dataclass
+class Launch:
+    """A training process a benchmark starts: its command, and how to read what it did."""
+
+    cmd: list[str]
+    cwd: Path
+    env: dict[str, str]
+    history: Path  # the per-step JSON it leaves
+    store: Path | None = None  # the folder of the sqlite store it tracks into (None: untracked)
+    experiment: str | None = None
+    cleanup: Path | None = None  # deleted once collected (a 50k-vocabulary run leaves ~0.5 GB)
+    launched: float = field(default=0.0, init=False)  # unix time, set by start()
+    stderr: IO[str] | None = field(default=None, init=False)
+
+    def start(self) -> subprocess.Popen:
+        """Start it in its own session, so turns.py can stop it with all its children."""
+        self.stderr = (self.cwd / f"stderr-{time.monotonic_ns()}.txt").open("w")
+        self.launched = time.time()
+        return subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=self.stderr, start_new_session=True)
+
+    def collect(self, returncode: int | None, turns: Turns | None = None) -> TrainRun:
+        """What it did, once it has exited; raises with the tail of its stderr if it failed."""
+        ended = time.time()
+        self.stderr.close()
+        try:
+            if returncode != 0:
+                raise RuntimeError(_failure(self.cmd, returncode, Path(self.stderr.name).read_text()))
+            share = (logged_tracking_share(self.store, self.experiment)
+                     if self.store is not None and self.experiment else None)
+            return TrainRun(read_history(self.history), self.launched, ended, share, turns)
+        finally:
+            Path(self.stderr.name).unlink(missing_ok=True)
+            if self.cleanup is not None:
+                shutil.rmtree(self.cleanup, ignore_errors=True)
+
+    def run(self) -> TrainRun:
+        """Start it and wait for it, alone."""
+        return self.collect(self.start().wait())
+
+
+def slimtrack_launch(workdir: Path, args: list[str], tracking: bool = True, **env: str) -> Launch:
+    """One `slimtrack train`, with its own folder (artifacts land there too: the child runs
+    there) and the sqlite store of ``workdir``, shared by the runs of one benchmark as a
+    user's runs share theirs (a fresh store costs ~4 s of table creation per run). The final
+    model export is skipped (--no-log-model): it follows the loop, which is what the
+    benchmarks time. The folder is deleted once its history is read."""
     out = workdir / f"train-{time.monotonic_ns()}"
     out.mkdir(parents=True)
     # An experiment per run: its artifacts then go under this run's folder (the sqlite
@@ -153,14 +200,25 @@ def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env
            "--experiment", out.name, *args]
     if not tracking:
         cmd.append("--no-tracking")
-    launched = time.time()
-    try:
-        run_command(cmd, out, bench_env(workdir, **env))
-        ended = time.time()
-        share = logged_tracking_share(workdir, experiment=out.name) if tracking else None
-        return TrainRun(read_history(out / "training_viz" / "metrics_history.json"), launched, ended, share)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    return Launch(cmd, out, bench_env(workdir, **env), out / "training_viz" / "metrics_history.json",
+                  store=workdir if tracking else None, experiment=out.name, cleanup=out)
+
+
+def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env: str) -> TrainRun:
+    """One `slimtrack train` in a fresh process, alone (see slimtrack_launch)."""
+    return slimtrack_launch(workdir, args, tracking, **env).run()
+
+
+def alternate_in_turns(launches: Callable[[], dict[str, Launch]], repeats: int,
+                       slice_seconds: float = 3.0) -> dict[str, list[TrainRun]]:
+    """``repeats`` rounds; in each, one process per variant, all run in turns (turns.py)."""
+    results: dict[str, list[TrainRun]] = {}
+    for _ in range(repeats):
+        round_ = launches()
+        turns = run_in_turns({name: launch.start for name, launch in round_.items()}, slice_seconds)
+        for name, launch in round_.items():
+            results.setdefault(name, []).append(launch.collect(turns[name].returncode, turns[name]))
+    return results
 
 
 def logged_tracking_share(workdir: Path, experiment: str) -> float | None:
@@ -174,24 +232,30 @@ def logged_tracking_share(workdir: Path, experiment: str) -> float | None:
     return runs[0].data.metrics.get("tracking/cpu_share") if runs else None
 
 
-def step_rates(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float]:
-    """tokens/s of the step itself (forward to optimizer update), as the trainer measures it."""
-    return [row["tokens_per_sec"] for row in history[warmup:]]
-
-
-def window_rate(history: list[dict], warmup: int = WARMUP_STEPS) -> float:
+def window_rate(history: list[dict], warmup: int = WARMUP_STEPS, turns: Turns | None = None) -> float:
     """tokens/s of the whole loop after the warm-up: the tokens trained from the end of step
-    ``warmup`` to the end of the last step, over that wall time. Unlike a median of per-step
-    rates, it keeps what lands on a few steps only (a dashboard render, a delivery to
-    MLflow), so it is the measure for throughput claims."""
+    ``warmup`` to the end of the last step, over that time (only the time the process was
+    allowed to run, when it ran in ``turns``). Unlike a median of per-step rates, it keeps
+    what lands on a few steps only (a dashboard render, a delivery to MLflow), so it is the
+    measure for throughput claims."""
     start, end = history[max(warmup, 1) - 1], history[-1]
-    seconds = end["timestamp"] - start["timestamp"]
+    t0, t1 = start["timestamp"], end["timestamp"]
+    seconds = turns.active_seconds(t0, t1) if turns is not None else t1 - t0
     return (end["tokens_seen"] - start["tokens_seen"]) / seconds if seconds > 0 else float("nan")
 
 
-def median_step_rate(history: list[dict], warmup: int = WARMUP_STEPS) -> float:
-    """The median tokens/s of the steps themselves (forward to optimizer update) after the warm-up."""
-    return median(step_rates(history, warmup))
+def median_step_rate(history: list[dict], warmup: int = WARMUP_STEPS, turns: Turns | None = None) -> float:
+    """The median tokens/s of the steps themselves (forward to optimizer update) after the
+    warm-up; with ``turns``, of the steps the process was never stopped in."""
+    rows = history[warmup:]
+    if turns is not None:
+        rows = [r for r in rows if turns.ran_throughout(r["timestamp"] - r["step_time_ms"] / 1e3, r["timestamp"])]
+    return median(row["tokens_per_sec"] for row in rows)
+
+
+def run_rate(run: TrainRun, measure: Callable[..., float], warmup: int) -> float:
+    """``measure`` (window_rate or median_step_rate) of one run, on the time it ran."""
+    return measure(run.history, warmup, run.turns)
 
 
 def steps_per_sec(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float]:

@@ -5,18 +5,21 @@ the plain PyTorch loop a nanoGPT user would write (reference_loop.py), same job.
 
 Preset `small`, embedded corpus, two vocabularies: the byte tokenizer (320 padded) and a
 GPT-2-sized byte-level BPE (50,257 -> 50,304 padded) trained once on the embedded corpus
-and cached in benchmarks/.cache/. The variants take turns, each run a fresh process: the
-reference loop; `slimtrack train` (native kernels, tracking everything into a fresh sqlite
-store, a dashboard every 50 steps); and, at byte, `slimtrack train --no-tracking`, which
-gives the tracking overhead from the same alternation (tracking_overhead.py measures it
-alone). What the native kernels add over torch's (`--kernels torch`) is step_ab.py's
-question: it answers it in one process, free of the process-to-process noise that a
-5 % difference drowns in here.
+and cached in benchmarks/.cache/. The variants: the reference loop; `slimtrack train`
+(native kernels, tracking everything into a fresh sqlite store, a dashboard every 50
+steps); and, at byte, `slimtrack train --no-tracking`, which gives the tracking overhead
+from the same comparison (tracking_overhead.py measures it alone). In each repetition one
+process per variant starts at once and they run in turns of 3 s (10 s at 50k, where a step
+can take 4 s), the others stopped (turns.py), so the VM's drift hits them alike; each is
+still a whole process with all its background work (its dashboard process is stopped and
+resumed with it). What the native kernels add over torch's (`--kernels torch`) is
+step_ab.py's question: it answers it in one process.
 
 Two measures per run, then the median of the runs: "loop" is the tokens trained after
---warmup steps over their wall time (step end to step end: data, logging, the dashboard
-render and MLflow deliveries included, however few steps they land on); "step" is the
-median of the steps' own rates, forward to optimizer update, as the trainer times them.
+--warmup steps over the time the process ran (step end to step end: data, logging, the
+dashboard render and MLflow deliveries included, however few steps they land on); "step"
+is the median of the steps' own rates, forward to optimizer update, as the trainer times
+them (steps a turn cut in two are left out).
 At byte a run must pass step 50, so that the dashboard render and its upload fall inside
 the measured window (the default 64 steps do). The runs train the same model on the same
 data, so their losses must agree; the largest difference per variant is printed as a
@@ -32,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import (BENCH_DIR, PYTHON, TrainRun, alternate, bench_env, bpe_tokenizer, fmt_num, fmt_ratio,
-                    machine_line, markdown_table, median, median_step_rate, read_history, run_command,
-                    slimtrack_train, target_note, window_rate)
+from common import (BENCH_DIR, PYTHON, Launch, TrainRun, alternate_in_turns, bench_env, bpe_tokenizer, fmt_num,
+                    fmt_ratio, machine_line, markdown_table, median, median_step_rate, run_rate, slimtrack_launch,
+                    target_note, window_rate)
 
 TARGET = 1.10
 PRESET = "small"
@@ -42,39 +45,43 @@ VIZ_INTERVAL = 50
 REFERENCE, SLIMTRACK = "reference loop", "slimtrack"
 NO_TRACKING = "slimtrack --no-tracking"
 TRACKING_TARGET = 0.99
-MEASURES: dict[str, Callable[[list[dict], int], float]] = {"loop": window_rate, "step": median_step_rate}
+MEASURES: dict[str, Callable[..., float]] = {"loop": window_rate, "step": median_step_rate}
+# Each process's turn (turns.py): several steps (a 50k step takes up to ~4 s), and short
+# against the VM's drift.
+SLICE_SECONDS = {"byte": 3.0, "bpe": 10.0}
 
 
-def run_reference(workdir: Path, tokenizer: str, max_chunks: int) -> TrainRun:
+def reference_launch(workdir: Path, tokenizer: str, max_chunks: int) -> Launch:
     out = workdir / f"reference-{time.monotonic_ns()}.json"
     cmd = [PYTHON, str(BENCH_DIR / "reference_loop.py"), "--preset", PRESET, "--tokenizer", tokenizer,
            "--max-chunks", str(max_chunks), "--out", str(out)]
-    launched = time.time()
-    run_command(cmd, workdir, bench_env(workdir))
-    return TrainRun(read_history(out), launched, time.time())
+    return Launch(cmd, workdir, bench_env(workdir), out)
 
 
-def run_slimtrack(workdir: Path, tokenizer: str, max_chunks: int, kernels: str,
-                  tracking: bool = True) -> TrainRun:
-    args = ["--preset", PRESET, "--tokenizer", tokenizer, "--max-chunks", str(max_chunks), "--kernels", kernels,
+def slimtrack_launch_for(workdir: Path, tokenizer: str, max_chunks: int, tracking: bool = True) -> Launch:
+    args = ["--preset", PRESET, "--tokenizer", tokenizer, "--max-chunks", str(max_chunks), "--kernels", "native",
             "--viz-interval", str(VIZ_INTERVAL), "--eval-interval", str(max_chunks)]  # evaluate at the end only
-    return slimtrack_train(workdir, args, tracking=tracking)
+    return slimtrack_launch(workdir, args, tracking=tracking)
 
 
-def measure(tokenizer: str, max_chunks: int, repeats: int,
-            byte_extras: bool) -> dict[str, list[TrainRun]]:
-    """Per variant, its runs, the variants alternated."""
+def measure(tokenizer: str, max_chunks: int, repeats: int, byte_extras: bool, slice_seconds: float
+            ) -> dict[str, list[TrainRun]]:
+    """Per variant, its runs: in each repetition the variants' processes run in turns."""
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         workdir = Path(tmp)
-        variants = {REFERENCE: lambda: run_reference(workdir, tokenizer, max_chunks)}
-        variants[SLIMTRACK] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native")
-        if byte_extras:
-            variants[NO_TRACKING] = lambda: run_slimtrack(workdir, tokenizer, max_chunks, "native", False)
-        return alternate(variants, repeats)
+
+        def launches() -> dict[str, Launch]:
+            variants = {REFERENCE: reference_launch(workdir, tokenizer, max_chunks),
+                        SLIMTRACK: slimtrack_launch_for(workdir, tokenizer, max_chunks)}
+            if byte_extras:
+                variants[NO_TRACKING] = slimtrack_launch_for(workdir, tokenizer, max_chunks, tracking=False)
+            return variants
+
+        return alternate_in_turns(launches, repeats, slice_seconds)
 
 
-def per_run(runs: list[TrainRun], rate: Callable[[list[dict], int], float], warmup: int) -> list[float]:
-    return [rate(run.history, warmup) for run in runs]
+def per_run(runs: list[TrainRun], rate: Callable[..., float], warmup: int) -> list[float]:
+    return [run_rate(run, rate, warmup) for run in runs]
 
 
 def cell(values: list[float]) -> str:
@@ -108,23 +115,33 @@ def tracking_overhead(results: dict[str, list[TrainRun]], warmup: int) -> str:
         ratios[measure] = median(on) / median(off)
         rows.append([measure, cell(on), cell(off), f"**{ratios[measure]:.3f}**" if measure == "loop"
                      else f"{ratios[measure]:.3f}"])
-    shares = [run.tracking_cpu_share for run in results[SLIMTRACK] if run.tracking_cpu_share is not None]
     return ("Tracking overhead (byte, the same alternation): tokens/s median of the runs (range)\n\n"
             + markdown_table(["measure", "full tracking", "--no-tracking", "tracking / no-tracking"], rows)
             + f"\n\ntracking / no-tracking (loop) {ratios['loop']:.3f} "
               f"({target_note(ratios['loop'], TRACKING_TARGET)}, target >= {TRACKING_TARGET})"
-            + tracking_cpu_line(shares))
+            + tracking_cpu_line(results[SLIMTRACK]))
 
 
-def tracking_cpu_line(shares: list[float]) -> str:
+def tracking_cpu_line(runs: list[TrainRun]) -> str:
     """The tracker's own count (`tracking/cpu_share`): its thread's CPU and the training
-    thread's time in its calls, as a share of the loop's wall time. Free of run-to-run noise,
-    it says how much CPU tracking took from the step's threads; the ratio above says what
-    that cost in throughput, within the noise."""
+    thread's time in its calls, as a share of the loop's time. Free of run-to-run noise, it
+    says how much CPU tracking took from the step's threads; the ratio above says what that
+    cost in throughput, within the noise. The run logs it against wall time; in turns the
+    loop was stopped part of that time, so it is scaled back to the time the run ran."""
+    shares = [_share_of_running_time(run) for run in runs if run.tracking_cpu_share is not None]
     if not shares:
         return ""
-    return ("\n\nCPU the tracker took, as a share of the loop's wall time (`tracking/cpu_share`, per run): "
+    return ("\n\nCPU the tracker took, as a share of the loop's running time (`tracking/cpu_share`, per run): "
             + ", ".join(f"{100 * share:.2f} %" for share in shares))
+
+
+def _share_of_running_time(run: TrainRun) -> float:
+    if run.turns is None:
+        return run.tracking_cpu_share
+    first, last = run.history[0], run.history[-1]
+    start, end = first["timestamp"] - first["step_time_ms"] / 1e3, last["timestamp"]  # the loop, about
+    running = run.turns.active_seconds(start, end)
+    return run.tracking_cpu_share * (end - start) / running if running > 0 else float("nan")
 
 
 def main() -> None:
@@ -139,9 +156,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup = 6, 4, 1, 2
-    print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range); loop: each run's tokens "
-          f"after {args.warmup} warm-up steps over their wall time, step: each run's median step rate; byte "
-          f"{args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps per run, dashboard every {VIZ_INTERVAL} "
+    print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range), the variants' processes "
+          f"in turns of {SLICE_SECONDS['byte']:.0f} s (byte) / {SLICE_SECONDS['bpe']:.0f} s (BPE); loop: each "
+          f"run's tokens after {args.warmup} warm-up steps over the time it ran, step: each run's median step "
+          f"rate (steps never stopped); byte {args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps per run, dashboard every {VIZ_INTERVAL} "
           f"steps, slimtrack with full tracking (sqlite)")
     print(machine_line() + "\n")
     rows, checks = [], []
@@ -151,7 +169,8 @@ def main() -> None:
         max_chunks = args.max_chunks if vocab == "byte" else args.bpe_max_chunks
         # At byte, --no-tracking gives the tracking overhead from the same alternation (at 50k
         # the runs are the slowest of the suite).
-        results = measure(tokenizer, max_chunks, args.repeats, byte_extras=vocab == "byte")
+        results = measure(tokenizer, max_chunks, args.repeats, byte_extras=vocab == "byte",
+                          slice_seconds=SLICE_SECONDS[vocab])
         if NO_TRACKING in results:
             tracking = tracking_overhead(results, args.warmup)
         rows += table_rows(label, results, args.warmup)

@@ -2,13 +2,13 @@
 
     python benchmarks/tracking_overhead.py [--preset small] [--max-chunks 64] [--repeats 3] [--quick]
 
-Same config, alternated (on, off, on, off, ...) in one invocation, each run a fresh
-process with its own sqlite store. "loop" is a run's tokens after the warm-up steps over
-their wall time (from its local metrics_history.json, written in both modes), so the
-deliveries and the dashboard upload count however few steps they land on; "step" is the
-median of the trainer's own forward-to-update rates, which only sees the background
-thread competing for the cores. Each is the median of the runs. The tracker's own count
-of the CPU it took (`tracking/cpu_share`) is printed per run.
+Same config; in each repetition the two processes start at once and run in turns of 3 s
+(turns.py), so the VM's drift hits both alike. "loop" is a run's tokens after the warm-up
+steps over the time it ran (from its local metrics_history.json, written in both modes),
+so the deliveries and the dashboard upload count however few steps they land on; "step" is
+the median of the trainer's own forward-to-update rates, which only sees the background
+thread competing for the cores. Each is the median of the runs. The tracker's own count of
+the CPU it took (`tracking/cpu_share`) is printed per run.
 Target (issue 8): tracking / no-tracking >= 0.99 (loop).
 """
 
@@ -18,18 +18,18 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import (WARMUP_STEPS, TrainRun, alternate, fmt_num, fmt_runs, machine_line, markdown_table, median,
-                    median_step_rate, slimtrack_train, target_note, window_rate)
-from end_to_end import tracking_cpu_line
+from common import (WARMUP_STEPS, Launch, alternate_in_turns, fmt_num, fmt_runs, machine_line, markdown_table,
+                    median, median_step_rate, run_rate, slimtrack_launch, target_note, window_rate)
+from end_to_end import SLICE_SECONDS, tracking_cpu_line
 
 TARGET = 0.99
 ON, OFF = "full tracking", "--no-tracking"
 
 
-def run_once(workdir: Path, tracking: bool, args: argparse.Namespace) -> TrainRun:
+def launch(workdir: Path, tracking: bool, args: argparse.Namespace) -> Launch:
     train_args = ["--preset", args.preset, "--max-chunks", str(args.max_chunks), "--kernels", args.kernels,
                   "--eval-interval", str(args.max_chunks)]  # evaluate at the end only
-    return slimtrack_train(workdir, train_args, tracking=tracking)
+    return slimtrack_launch(workdir, train_args, tracking=tracking)
 
 
 def main() -> None:
@@ -44,16 +44,16 @@ def main() -> None:
         args.max_chunks, args.repeats = 8, 1
     warmup = min(WARMUP_STEPS, args.max_chunks // 3)
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
-        runs = alternate({ON: lambda: run_once(Path(tmp), True, args),
-                          OFF: lambda: run_once(Path(tmp), False, args)}, args.repeats)
+        runs = alternate_in_turns(lambda: {ON: launch(Path(tmp), True, args), OFF: launch(Path(tmp), False, args)},
+                                  args.repeats, SLICE_SECONDS["byte"])
     print(f"Tracking overhead, preset {args.preset}, {args.max_chunks} steps per run, kernels {args.kernels}, "
-          f"tokens/s after {warmup} warm-up steps (loop: tokens over wall time; step: median step rate), "
-          f"median of {args.repeats} runs")
+          f"tokens/s after {warmup} warm-up steps (loop: tokens over the time the process ran; step: median "
+          f"step rate), median of {args.repeats} runs, the two processes in {SLICE_SECONDS['byte']:.0f} s turns")
     print(machine_line() + "\n")
     rows, medians = [], {}
     for measure, rate in (("loop", window_rate), ("step", median_step_rate)):
         for mode in (ON, OFF):
-            per_run = [rate(run.history, warmup) for run in runs[mode]]
+            per_run = [run_rate(run, rate, warmup) for run in runs[mode]]
             medians[measure, mode] = median(per_run)
             rows.append([measure, mode, fmt_runs(per_run), fmt_num(medians[measure, mode])])
     print(markdown_table(["measure", "mode", "runs (tok/s each)", "median tok/s"], rows))
@@ -61,7 +61,7 @@ def main() -> None:
         ratio = medians[measure, ON] / medians[measure, OFF]
         note = f" ({target_note(ratio, TARGET)}, target >= {TARGET})" if measure == "loop" else ""
         print(f"\nratio tracking / no-tracking ({measure}): {ratio:.3f}{note}", end="")
-    print(tracking_cpu_line([run.tracking_cpu_share for run in runs[ON] if run.tracking_cpu_share is not None]))
+    print(tracking_cpu_line(runs[ON]))
 
 
 if __name__ == "__main__":
