@@ -209,12 +209,24 @@ def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env
     return slimtrack_launch(workdir, args, tracking, **env).run()
 
 
+def log_linger_seconds() -> float:
+    """The tracker's linger as a run of ours would see it (the environment's, or its default)."""
+    from slimtrack.tracking import DEFAULT_LOG_LINGER_SECONDS
+
+    return float(os.environ.get("SLIMTRACK_LOG_LINGER", DEFAULT_LOG_LINGER_SECONDS))
+
+
 def alternate_in_turns(launches: Callable[[], dict[str, Launch]], repeats: int,
                        slice_seconds: float = 3.0) -> dict[str, list[TrainRun]]:
     """``repeats`` rounds; in each, one process per variant, all run in turns (turns.py)."""
     results: dict[str, list[TrainRun]] = {}
     for _ in range(repeats):
         round_ = launches()
+        for launch in round_.values():
+            # The tracker lingers a wall-clock time before a delivery; a process in turns
+            # runs 1/n of the wall time, so the linger is scaled by n to keep a real run's
+            # deliveries per step (unscaled, it would deliver n times as often).
+            launch.env["SLIMTRACK_LOG_LINGER"] = str(log_linger_seconds() * len(round_))
         turns = run_in_turns({name: launch.start for name, launch in round_.items()}, slice_seconds)
         for name, launch in round_.items():
             results.setdefault(name, []).append(launch.collect(turns[name].returncode, turns[name]))

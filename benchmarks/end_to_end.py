@@ -150,32 +150,35 @@ def main() -> None:
                         help="steps per run, byte vocabulary (past 50: a dashboard render in the window)")
     parser.add_argument("--bpe-max-chunks", type=int, default=10, help="steps per run, 50k vocabulary")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=5, help="first steps of a run left out of the medians")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps of a byte run left out of the measures")
+    parser.add_argument("--bpe-warmup", type=int, default=2, help="the same at the 50k vocabulary")
     parser.add_argument("--vocab", choices=["byte", "bpe"], nargs="+", default=["byte", "bpe"])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repetition, a few steps")
     args = parser.parse_args()
     if args.quick:
-        args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup = 6, 4, 1, 2
+        args.max_chunks, args.bpe_max_chunks, args.repeats, args.warmup, args.bpe_warmup = 6, 4, 1, 2, 2
     print(f"End to end, preset {PRESET}, tokens/s median of {args.repeats} runs (range), the variants' processes "
           f"in turns of {SLICE_SECONDS['byte']:.0f} s (byte) / {SLICE_SECONDS['bpe']:.0f} s (BPE); loop: each "
-          f"run's tokens after {args.warmup} warm-up steps over the time it ran, step: each run's median step "
-          f"rate (steps never stopped); byte {args.max_chunks} steps, 50k BPE {args.bpe_max_chunks} steps per run, dashboard every {VIZ_INTERVAL} "
-          f"steps, slimtrack with full tracking (sqlite)")
+          f"run's tokens after {args.warmup} (byte) / {args.bpe_warmup} (BPE) warm-up steps over the time it "
+          f"ran, step: each run's median step rate (steps never stopped); byte {args.max_chunks} steps, 50k BPE "
+          f"{args.bpe_max_chunks} steps per run, dashboard every {VIZ_INTERVAL} steps, slimtrack with full "
+          f"tracking (sqlite)")
     print(machine_line() + "\n")
     rows, checks = [], []
     for vocab in args.vocab:
         tokenizer = "byte" if vocab == "byte" else str(bpe_tokenizer())
         label = "byte (320)" if vocab == "byte" else "BPE (50,304)"
         max_chunks = args.max_chunks if vocab == "byte" else args.bpe_max_chunks
+        warmup = args.warmup if vocab == "byte" else args.bpe_warmup
         # At byte, --no-tracking gives the tracking overhead from the same alternation (at 50k
         # the runs are the slowest of the suite).
         results = measure(tokenizer, max_chunks, args.repeats, byte_extras=vocab == "byte",
                           slice_seconds=SLICE_SECONDS[vocab])
         if NO_TRACKING in results:
-            tracking = tracking_overhead(results, args.warmup)
-        rows += table_rows(label, results, args.warmup)
-        ratio = median(per_run(results[SLIMTRACK], window_rate, args.warmup)) / median(
-            per_run(results[REFERENCE], window_rate, args.warmup))
+            tracking = tracking_overhead(results, warmup)
+        rows += table_rows(label, results, warmup)
+        ratio = median(per_run(results[SLIMTRACK], window_rate, warmup)) / median(
+            per_run(results[REFERENCE], window_rate, warmup))
         checks.append(f"{label}: slimtrack/reference (loop) {ratio:.2f} ({target_note(ratio, TARGET)}, "
                       f"target >= {TARGET:.2f}); largest loss difference vs reference: {loss_agreement(results)}")
     print(markdown_table(["vocab", "measure", REFERENCE, SLIMTRACK, "slimtrack / ref"], rows))

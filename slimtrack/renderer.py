@@ -3,32 +3,34 @@
 A render is ~0.5 s of mostly-Python matplotlib work. On a thread of the training process
 it holds the GIL for most of that time, and the training thread, which takes the GIL back
 after every torch op, waits for it again and again: on 2 cores a render cost the loop
-~0.8 s of wall time even at a lower priority (docs/benchmarks.md). A child process has
-its own interpreter and GIL, and runs at the background priority (priority.py), so it
-takes only CPU the step leaves over, or yields it quickly.
+~0.7-1 s of wall time, against ~0.5 s from a child process (docs/benchmarks.md). The
+child has its own interpreter and GIL, and runs at the background priority
+(priority.py).
 
-One child per run (``spawn``: never fork a process that runs OpenMP threads). It keeps
-one ``plots.Dashboard`` for the run, and warms it up (matplotlib's import, the axes, the
-fonts: ~1 s of CPU once) as soon as it starts, while the run sets up. A render sends the
-charted columns of the history frame and the samples, and the child writes the PNG.
-If the child dies or cannot start, the caller's thread renders instead (``in_process``),
-and the run goes on.
+The child is ``python -m slimtrack.renderer``, talking over its stdin and stdout (pickled
+requests and replies), not a ``multiprocessing`` worker: ``spawn`` would import the
+parent's ``__main__`` again in the child, and a user's script that calls ``run_training``
+without an ``if __name__ == "__main__"`` guard would start a second training there. One
+child per run. It keeps one ``plots.Dashboard``, and warms it up (matplotlib's import, the
+axes, the fonts: ~1 s of CPU once) as soon as it starts, at normal priority, while the run
+sets up; then it lowers its priority. If the child cannot start or dies, the caller's
+thread renders instead (``in_process``), and the run goes on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import logging
-import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import pandas as pd
 
 log = logging.getLogger(__name__)
-
-_dashboard: Any = None  # the child's plots.Dashboard (one per process, built once)
 
 
 class DashboardRenderer:
@@ -36,84 +38,108 @@ class DashboardRenderer:
     when that process is unavailable. Not thread-safe: one thread (the viz worker) owns it."""
 
     def __init__(self, use_process: bool = True) -> None:
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._child: subprocess.Popen | None = None
         self._local: Any = None  # a Dashboard of our own once we render in-process
         if use_process:
             try:
-                self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-                self._pool.submit(_warm_up)  # starts the child now; the first render queues behind it
-            except Exception as exc:  # noqa: BLE001 — no process: render here
+                self._child = subprocess.Popen([sys.executable, "-m", "slimtrack.renderer"],
+                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            except OSError as exc:
                 log.warning("dashboard process unavailable (%s); rendering in-process", exc)
-                self._pool = None
 
     @property
     def in_process(self) -> bool:
-        return self._pool is None
+        return self._child is None
 
     def child_pid(self) -> int | None:
-        """The child's process id (None in-process). The child runs its tasks in order, so
-        the answer comes once it has started and warmed up."""
-        if self._pool is None:
-            return None
-        import os
-
-        return self._pool.submit(os.getpid).result()
+        return self._child.pid if self._child is not None else None
 
     def wait_ready(self) -> None:
         """Block until the child has started and warmed up (no-op in-process)."""
-        self.child_pid()
+        self._ask(("ping",))
 
     def render(self, frame: pd.DataFrame, samples: Sequence[dict[str, Any]], png_path: Path) -> None:
         """Draw the dashboard of ``frame`` (TrainingMetrics rows) and ``samples`` into ``png_path``."""
         from slimtrack.plots import charted_columns
 
         frame = frame[charted_columns(frame)]  # only what the charts read crosses the pipe
-        if self._pool is not None:
-            try:
-                self._pool.submit(_render_png, frame, list(samples), str(png_path)).result()
-                return
-            except concurrent.futures.process.BrokenProcessPool as exc:
-                log.warning("dashboard process died (%s); rendering in-process from now on", exc)
-                self.close()
+        if self._ask(("render", frame, list(samples), str(png_path))):
+            return
         if self._local is None:
             from slimtrack.plots import Dashboard
 
             self._local = Dashboard()
         _save(self._local, frame, samples, str(png_path))
 
+    def _ask(self, request: tuple) -> bool:
+        """Send ``request`` to the child and wait for its reply: True when it was done there,
+        False when there is no child (any more). An error inside the child is raised here."""
+        if self._child is None:
+            return False
+        try:
+            pickle.dump(request, self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._child.stdin.flush()
+            status, detail = pickle.load(self._child.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            log.warning("dashboard process died (%s: %s); rendering in-process from now on",
+                        type(exc).__name__, exc)
+            self.close()
+            return False
+        if status == "error":
+            raise RuntimeError(f"dashboard process: {detail}")
+        return True
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Let the child finish and exit (it stops at the end of its input)."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            child.stdin.close()
+            child.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            child.kill()
+        finally:
+            child.stdout.close()
 
 
 # ---- in the child ------------------------------------------------------------------------------
-def _warm_up() -> None:
-    """Build the Dashboard and draw it once without data, at normal priority: it overlaps the
-    run's set-up, which leaves a core free, and the first real render then costs what later
-    ones do. From then on the child runs at the background priority: a niced warm-up
-    dragged on into the first ~30 training steps and slowed them."""
+def serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    """Warm up, then answer requests until the input ends: ("render", frame, samples, path)
+    draws a PNG, ("ping",) only answers. Each reply is ("ok", None) or ("error", text)."""
+    from slimtrack.plots import Dashboard
     from slimtrack.priority import lower_this_thread_priority
 
-    _save(_child_dashboard(), pd.DataFrame(), [], io.BytesIO())
-    lower_this_thread_priority()  # the child's only thread: the whole child runs nicer
-
-
-def _render_png(frame: pd.DataFrame, samples: list[dict[str, Any]], path: str) -> None:
-    _save(_child_dashboard(), frame, samples, path)
-
-
-def _child_dashboard() -> Any:
-    global _dashboard
-    if _dashboard is None:
-        from slimtrack.plots import Dashboard
-
-        _dashboard = Dashboard()
-    return _dashboard
+    dashboard = Dashboard()
+    _save(dashboard, pd.DataFrame(), [], io.BytesIO())  # the first real render then costs what later ones do
+    lower_this_thread_priority()  # after the warm-up: niced, it dragged on into the first ~30 steps
+    while True:
+        try:
+            request = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            if request[0] == "render":
+                _save(dashboard, *request[1:])
+            reply = ("ok", None)
+        except Exception as exc:  # noqa: BLE001 — the parent logs it; this process keeps serving
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
 
 
 def _save(dashboard: Any, frame: pd.DataFrame, samples: Sequence[dict[str, Any]], target: Any) -> None:
     from slimtrack.plots import save_png
 
     save_png(dashboard.update(frame, samples), target)
+
+
+def main() -> None:
+    # Replies go over the real stdout; anything a library prints goes to stderr instead.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()

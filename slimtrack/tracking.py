@@ -51,6 +51,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 UI: open in Model-training mode
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
+DEFAULT_LOG_LINGER_SECONDS = 5.0  # SLIMTRACK_LOG_LINGER: see MlflowTracker.__init__
 _FLUSH = "flush"  # queue marker from flush(): deliver what lingers now
 
 
@@ -95,7 +96,7 @@ class MlflowTracker:
         # Records arriving within this many seconds of the last delivery wait and share one
         # log_batch: into sqlite a record alone costs ~11 ms of CPU, batched ~2.5 ms, and that
         # CPU is taken from the training step's threads. Nothing waits longer than this.
-        self.linger = float(os.environ.get("SLIMTRACK_LOG_LINGER", "5.0"))
+        self.linger = float(os.environ.get("SLIMTRACK_LOG_LINGER", DEFAULT_LOG_LINGER_SECONDS))
         self._last_send = 0.0
         # At the end of an offline run, keep trying this long before leaving a spool behind.
         self.final_replay_timeout = float(os.environ.get("SLIMTRACK_FINAL_REPLAY_TIMEOUT", "30"))
