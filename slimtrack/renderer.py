@@ -25,6 +25,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
@@ -35,9 +36,11 @@ log = logging.getLogger(__name__)
 
 class DashboardRenderer:
     """``render(frame, samples, png_path)`` in a child process, or in the caller's thread
-    when that process is unavailable. Not thread-safe: one thread (the viz worker) owns it."""
+    when that process is unavailable. One request at a time: the viz worker renders, and
+    ``wait_ready`` may be called from another thread."""
 
     def __init__(self, use_process: bool = True) -> None:
+        self._lock = threading.Lock()  # one request/reply exchange on the pipes at a time
         self._child: subprocess.Popen | None = None
         self._local: Any = None  # a Dashboard of our own once we render in-process
         if use_process:
@@ -74,23 +77,29 @@ class DashboardRenderer:
     def _ask(self, request: tuple) -> bool:
         """Send ``request`` to the child and wait for its reply: True when it was done there,
         False when there is no child (any more). An error inside the child is raised here."""
-        if self._child is None:
-            return False
-        try:
-            pickle.dump(request, self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self._child.stdin.flush()
-            status, detail = pickle.load(self._child.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            log.warning("dashboard process died (%s: %s); rendering in-process from now on",
-                        type(exc).__name__, exc)
-            self.close()
-            return False
+        with self._lock:
+            child = self._child
+            if child is None:
+                return False
+            try:
+                pickle.dump(request, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                child.stdin.flush()
+                status, detail = pickle.load(child.stdout)
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                log.warning("dashboard process died (%s: %s); rendering in-process from now on",
+                            type(exc).__name__, exc)
+                self._stop_child()
+                return False
         if status == "error":
             raise RuntimeError(f"dashboard process: {detail}")
         return True
 
     def close(self) -> None:
         """Let the child finish and exit (it stops at the end of its input)."""
+        with self._lock:
+            self._stop_child()
+
+    def _stop_child(self) -> None:
         child, self._child = self._child, None
         if child is None:
             return
@@ -99,6 +108,7 @@ class DashboardRenderer:
             child.wait(timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             child.kill()
+            child.wait()
         finally:
             child.stdout.close()
 

@@ -213,8 +213,8 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
     config.model.vocab_size = tokenizer.vocab_size
     validate_dataset(config.data.dataset)
 
-    # The run, its folder and the dashboard thread come first: the thread warms matplotlib up
-    # (~1 s of CPU, viz.py) while the data and the model are set up below.
+    # The run, its folder and the dashboard process come first: the process warms matplotlib
+    # up (~1 s of CPU, renderer.py) while the data and the model are set up below.
     run_name = config.tracking.run_name or default_run_name(config)
     output_dir = resume.output_dir if resume else (
         Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name))

@@ -50,3 +50,20 @@ def test_a_dead_child_falls_back_to_rendering_in_process(tmp_path):
         assert pixels(tmp_path / "after.png").shape[:2] == (1200, 1800)
     finally:
         renderer.close()
+
+
+def test_requests_from_two_threads_do_not_mix_on_the_pipe(tmp_path):
+    import threading
+
+    renderer = DashboardRenderer()
+    try:
+        threads = [threading.Thread(target=renderer.render, args=(frame(10 + i), SAMPLES, tmp_path / f"{i}.png"))
+                   for i in range(2)] + [threading.Thread(target=renderer.wait_ready)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not renderer.in_process  # no exchange broke the protocol (that falls back in-process)
+        assert all(pixels(tmp_path / f"{i}.png").shape[:2] == (1200, 1800) for i in range(2))
+    finally:
+        renderer.close()
