@@ -65,7 +65,8 @@ def run_in_turns(launchers: dict[str, Callable[[], subprocess.Popen]], slice_sec
                 except subprocess.TimeoutExpired:
                     _signal_group(process, signal.SIGSTOP)
                 turns[name].intervals.append((started, time.time()))
-                turns[name].returncode = process.poll()
+        for name, process in processes.items():  # all have exited (one may have between turns)
+            turns[name].returncode = process.wait()
     finally:  # an error here must not leave stopped processes behind
         for process in processes.values():
             if process.poll() is None:
