@@ -216,6 +216,11 @@ def log_linger_seconds() -> float:
     return float(os.environ.get("SLIMTRACK_LOG_LINGER", DEFAULT_LOG_LINGER_SECONDS))
 
 
+# Each process's turn (turns.py) per vocabulary: several steps (a 50k step takes up to
+# ~4 s), and short against the VM's drift.
+SLICE_SECONDS = {"byte": 3.0, "bpe": 10.0}
+
+
 def alternate_in_turns(launches: Callable[[], dict[str, Launch]], repeats: int,
                        slice_seconds: float = 3.0) -> dict[str, list[TrainRun]]:
     """``repeats`` rounds; in each, one process per variant, all run in turns (turns.py)."""
@@ -231,6 +236,28 @@ def alternate_in_turns(launches: Callable[[], dict[str, Launch]], repeats: int,
         for name, launch in round_.items():
             results.setdefault(name, []).append(launch.collect(turns[name].returncode, turns[name]))
     return results
+
+
+def tracking_cpu_line(runs: list[TrainRun]) -> str:
+    """The tracker's own count (`tracking/cpu_share`): its thread's CPU and the training
+    thread's time in its calls, as a share of the loop's time. Free of run-to-run noise, it
+    says how much CPU tracking took from the step's threads; a tracked / untracked ratio says what that
+    cost in throughput, within the noise. The run logs it against wall time; in turns the
+    loop was stopped part of that time, so it is scaled back to the time the run ran."""
+    shares = [_share_of_running_time(run) for run in runs if run.tracking_cpu_share is not None]
+    if not shares:
+        return ""
+    return ("\n\nCPU the tracker took, as a share of the loop's running time (`tracking/cpu_share`, per run): "
+            + ", ".join(f"{100 * share:.2f} %" for share in shares))
+
+
+def _share_of_running_time(run: TrainRun) -> float:
+    if run.turns is None:
+        return run.tracking_cpu_share
+    first, last = run.history[0], run.history[-1]
+    start, end = first["timestamp"] - first["step_time_ms"] / 1e3, last["timestamp"]  # the loop, about
+    running = run.turns.active_seconds(start, end)
+    return run.tracking_cpu_share * (end - start) / running if running > 0 else float("nan")
 
 
 def logged_tracking_share(workdir: Path, experiment: str) -> float | None:

@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from common import (BENCH_DIR, PYTHON, Launch, TrainRun, alternate_in_turns, bench_env, bpe_tokenizer, fmt_num,
-                    fmt_ratio, machine_line, markdown_table, median, median_step_rate, run_rate, slimtrack_launch,
-                    target_note, window_rate)
+from common import (BENCH_DIR, PYTHON, SLICE_SECONDS, Launch, TrainRun, alternate_in_turns, bench_env,
+                    bpe_tokenizer, fmt_num, fmt_ratio, machine_line, markdown_table, median, median_step_rate,
+                    run_rate, slimtrack_launch, target_note, tracking_cpu_line, window_rate)
 
 TARGET = 1.10
 PRESET = "small"
@@ -46,9 +46,6 @@ REFERENCE, SLIMTRACK = "reference loop", "slimtrack"
 NO_TRACKING = "slimtrack --no-tracking"
 TRACKING_TARGET = 0.99
 MEASURES: dict[str, Callable[..., float]] = {"loop": window_rate, "step": median_step_rate}
-# Each process's turn (turns.py): several steps (a 50k step takes up to ~4 s), and short
-# against the VM's drift.
-SLICE_SECONDS = {"byte": 3.0, "bpe": 10.0}
 
 
 def reference_launch(workdir: Path, tokenizer: str, max_chunks: int) -> Launch:
@@ -120,28 +117,6 @@ def tracking_overhead(results: dict[str, list[TrainRun]], warmup: int) -> str:
             + f"\n\ntracking / no-tracking (loop) {ratios['loop']:.3f} "
               f"({target_note(ratios['loop'], TRACKING_TARGET)}, target >= {TRACKING_TARGET})"
             + tracking_cpu_line(results[SLIMTRACK]))
-
-
-def tracking_cpu_line(runs: list[TrainRun]) -> str:
-    """The tracker's own count (`tracking/cpu_share`): its thread's CPU and the training
-    thread's time in its calls, as a share of the loop's time. Free of run-to-run noise, it
-    says how much CPU tracking took from the step's threads; the ratio above says what that
-    cost in throughput, within the noise. The run logs it against wall time; in turns the
-    loop was stopped part of that time, so it is scaled back to the time the run ran."""
-    shares = [_share_of_running_time(run) for run in runs if run.tracking_cpu_share is not None]
-    if not shares:
-        return ""
-    return ("\n\nCPU the tracker took, as a share of the loop's running time (`tracking/cpu_share`, per run): "
-            + ", ".join(f"{100 * share:.2f} %" for share in shares))
-
-
-def _share_of_running_time(run: TrainRun) -> float:
-    if run.turns is None:
-        return run.tracking_cpu_share
-    first, last = run.history[0], run.history[-1]
-    start, end = first["timestamp"] - first["step_time_ms"] / 1e3, last["timestamp"]  # the loop, about
-    running = run.turns.active_seconds(start, end)
-    return run.tracking_cpu_share * (end - start) / running if running > 0 else float("nan")
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import (WARMUP_STEPS, Launch, alternate_in_turns, fmt_num, fmt_runs, machine_line, markdown_table,
-                    median, median_step_rate, run_rate, slimtrack_launch, target_note, window_rate)
-from end_to_end import SLICE_SECONDS, tracking_cpu_line
+from common import (SLICE_SECONDS, WARMUP_STEPS, Launch, alternate_in_turns, fmt_num, fmt_runs, machine_line,
+                    markdown_table, median, median_step_rate, run_rate, slimtrack_launch, target_note,
+                    tracking_cpu_line, window_rate)
 
 TARGET = 0.99
 ON, OFF = "full tracking", "--no-tracking"

@@ -15,11 +15,12 @@ from slimtrack.metrics import TrainingMetrics
 
 @dataclass(frozen=True)
 class TrackingCost:
-    """The CPU tracking took from the process: an upper bound on what it can cost the loop.
+    """The CPU tracking took from the process, as the tracker counts it.
 
-    Every CPU second of the delivery thread is a second the training threads could not use
-    (on a busy machine it preempts one of them, and the others wait for it at the next
-    barrier or for the GIL); the callers' seconds are spent on the training thread itself."""
+    On a busy machine a CPU second of the delivery thread is about a second the training
+    threads lose (it preempts one of them, and the others wait at the next barrier); the
+    callers' seconds are spent on the training thread itself. It is not an upper bound:
+    runs measured in turns lost more than this count (docs/benchmarks.md)."""
 
     worker_cpu_seconds: float  # the background delivery thread's CPU time
     caller_seconds: float  # wall time the training thread spent in log_metrics / log_record

@@ -4,10 +4,11 @@ On a CPU run the training step keeps every core busy: torch's OpenMP team (and n
 kernels on it) spins between parallel regions. A background thread that wakes up at
 the default priority (the dashboard render, ~0.6 s of CPU every viz interval; the MLflow
 delivery) preempts one of the team's threads, and the whole team waits for it at the
-next barrier. Measured on 2 cores (small preset, a render every 20 steps): each render
-cost the loop ~1 s of wall time at nice 0, and ~0.1-0.2 s at nice 10. At nice 10 the
-thread still gets ~10 % of a contended core, so a render finishes within a few seconds
-instead of waiting for the run to end (at nice 19 it waited).
+next barrier. Measured on 2 cores (small preset): a render on a thread cost the loop
+~1.0-1.2 s of wall time at nice 0 and ~0.7-0.8 s at nice 10 (the dashboard now renders in
+a child process, renderer.py, at the same nice). At nice 10 the work still gets ~10 % of
+a contended core, so a render finishes within seconds; at nice 19 it starved until the
+run ended.
 
 Linux only (a thread is a task with its own nice value there); elsewhere, or with
 ``SLIMTRACK_BACKGROUND_NICE=0``, a no-op.
