@@ -16,9 +16,12 @@ Linux only (a thread is a task with its own nice value there); elsewhere, or wit
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NICE_INCREMENT = 10
 MAX_NICE = 19
@@ -30,6 +33,7 @@ def background_nice_increment() -> int:
     try:
         return max(0, int(value))
     except ValueError:
+        log.warning("SLIMTRACK_BACKGROUND_NICE=%r is not an integer; using %d", value, DEFAULT_NICE_INCREMENT)
         return DEFAULT_NICE_INCREMENT
 
 

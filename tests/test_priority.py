@@ -47,10 +47,12 @@ def test_increment_zero_changes_nothing() -> None:
     assert returned is None and after == before
 
 
-def test_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+                                              ) -> None:
     monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "3")
     assert background_nice_increment() == 3
     monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "-4")  # never raise a priority
     assert background_nice_increment() == 0
     monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "lots")
     assert background_nice_increment() == 10
+    assert "SLIMTRACK_BACKGROUND_NICE='lots' is not an integer" in caplog.text
