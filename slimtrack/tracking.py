@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import sys
 import threading
 import time
@@ -388,8 +389,9 @@ class MlflowTracker:
         elif kind == "artifact":
             self.client.log_artifact(run_id, op["path"], op["artifact_path"])
         elif kind == "image":
-            self.client.log_image(run_id, _read_png(op["path"]), key=op["key"], step=op["step"],
-                                  synchronous=True)
+            with open_encoded_png(op["path"]) as image:
+                self.client.log_image(run_id, image, key=op["key"], step=op["step"],
+                                      synchronous=True)
         elif kind == "tag":
             self.client.set_tag(run_id, op["key"], op["value"])
         elif kind == "terminate":
@@ -433,9 +435,23 @@ def _merge_metrics(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
-def _read_png(path: str) -> Any:
-    """[H, W, 3] uint8 pixels of a PNG (log_image wants an array or a PIL image)."""
-    from PIL import Image
+def open_encoded_png(path: str) -> Any:
+    """The PNG at ``path`` as a PIL image that ``log_image`` can take without re-encoding it.
 
-    with Image.open(path) as image:
-        return image.convert("RGB").copy()
+    ``log_image`` saves the image it is given as PNG, plus a small WebP thumbnail. Decoding
+    our dashboard PNG and encoding it again cost ~0.15 s of CPU per dashboard in the training
+    process (the largest part of what tracking costs there, docs/benchmarks.md), to write
+    the same pixels. This image is opened lazily (the header only): saving it as PNG copies
+    the file's bytes, and anything else (the thumbnail's resize, another format) decodes it
+    as usual. ``tests/test_tracking.py`` checks that MLflow still stores the bytes as they are."""
+    from PIL import PngImagePlugin
+
+    class EncodedPng(PngImagePlugin.PngImageFile):
+        def save(self, fp: Any, format: str | None = None, **params: Any) -> None:
+            as_is = not params and format in (None, "PNG", "png") and isinstance(fp, (str, os.PathLike)) \
+                and str(fp).lower().endswith(".png")
+            if not as_is:
+                return super().save(fp, format, **params)
+            shutil.copyfile(path, fp)
+
+    return EncodedPng(path)

@@ -2,12 +2,14 @@
 
 import json
 import threading
+from pathlib import Path
 
+import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, redact_uri
+from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, open_encoded_png, redact_uri
 
 
 def record(step: int) -> TrainingMetrics:
@@ -90,6 +92,42 @@ def test_artifacts_images_and_tables(mlflow_store, tmp_path):
     assert {"path": "training_viz/text_samples.json", "type": "table"} in tag
     image_files = [a.path for a in client.list_artifacts(tracker.run_id, "images")]
     assert any("training_dashboard" in p and "+step+5+" in p for p in image_files), image_files
+
+
+def test_log_image_stores_the_png_as_it_is_and_a_thumbnail(mlflow_store, tmp_path):
+    """The dashboard PNG reaches MLflow's images/ byte for byte (no decode and re-encode),
+    and MLflow still makes its small thumbnail from it."""
+    from PIL import Image
+
+    png = tmp_path / "dash.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 600, 4), dtype=np.uint8)
+    Image.fromarray(pixels, "RGBA").save(png, compress_level=1)  # not PIL's default level
+    tracker = MlflowTracker.start("exp-img", "r", {})
+    tracker.log_image(png, key="training_dashboard", step=7)
+    tracker.finish()
+    client = MlflowClient()
+    files = [a.path for a in client.list_artifacts(tracker.run_id, "images")]
+    full = [p for p in files if p.endswith(".png") and "+step+7+" in p]
+    thumbnail = [p for p in files if p.endswith("+compressed.webp")]
+    assert len(full) == 1 and len(thumbnail) == 1, files
+    local = Path(mlflow.artifacts.download_artifacts(run_id=tracker.run_id, artifact_path="images",
+                                                     dst_path=str(tmp_path / "dl")))
+    assert (local / Path(full[0]).name).read_bytes() == png.read_bytes()
+    with Image.open(local / Path(thumbnail[0]).name) as small:
+        assert max(small.size) == 256 and small.size[0] == 2 * small.size[1]
+
+
+def test_an_encoded_png_saved_another_way_is_encoded_for_real(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 6, 3), 200, dtype=np.uint8)).save(png)
+    with open_encoded_png(str(png)) as image:
+        image.save(tmp_path / "b.jpg")
+        image.save(tmp_path / "c.png", compress_level=9)
+    for name in ("b.jpg", "c.png"):
+        with Image.open(tmp_path / name) as copy:
+            assert copy.size == (6, 4) and copy.getpixel((0, 0))[0] in range(195, 206)
 
 
 def test_a_failing_store_spools_and_never_raises_into_training(mlflow_store, tmp_path):
