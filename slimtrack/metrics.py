@@ -24,6 +24,10 @@ STEP_METRIC_KEYS = (
     "grad_norm", "step_time_ms", "tokens_seen", "data_wait_ms",
 )
 SOURCE_PREFIX = "loss_by_source/"
+# The history columns the dashboard charts (plots.py). They live here, not in plots.py, so
+# that the training process can pick them without importing matplotlib (renderer.py).
+DASHBOARD_REQUIRED_COLUMNS = ("step", "loss", "accuracy", "tokens_per_sec", "learning_rate")
+DASHBOARD_OPTIONAL_COLUMNS = ("val_loss", "val_accuracy")
 
 
 @dataclass
@@ -146,6 +150,11 @@ def _grown(column: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.full(capacity, np.nan)
     grown[:len(column)] = column
     return grown
+
+
+def dashboard_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of ``frame`` the dashboard reads; the others never reach a chart."""
+    return [name for name in DASHBOARD_REQUIRED_COLUMNS + DASHBOARD_OPTIONAL_COLUMNS if name in frame.columns]
 
 
 def history_frame(records: Iterable[TrainingMetrics]) -> pd.DataFrame:

@@ -27,6 +27,8 @@ from matplotlib.font_manager import FontProperties, findfont, get_font
 from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, MaxNLocator, PercentFormatter
 from tsdownsample import MinMaxLTTBDownsampler
 
+from slimtrack.metrics import DASHBOARD_OPTIONAL_COLUMNS, DASHBOARD_REQUIRED_COLUMNS
+
 CHART_TITLES = (
     "Training loss",
     "Training accuracy",
@@ -46,8 +48,8 @@ LR_COLOR = "tab:orange"
 VALIDATION_COLOR = "tab:red"
 SCATTER_CMAP = "viridis"
 
-REQUIRED_COLUMNS = ("step", "loss", "accuracy", "tokens_per_sec", "learning_rate")
-CHARTED_OPTIONAL_COLUMNS = ("val_loss", "val_accuracy")
+REQUIRED_COLUMNS = DASHBOARD_REQUIRED_COLUMNS
+CHARTED_OPTIONAL_COLUMNS = DASHBOARD_OPTIONAL_COLUMNS
 AVERAGE_WINDOW = 50
 RECENT_STEPS = 500
 SAMPLE_ROWS = 5
@@ -59,11 +61,6 @@ MAX_LINE_POINTS = 1000
 MAX_SCATTER_POINTS = 2000
 
 _DOWNSAMPLER = MinMaxLTTBDownsampler()
-
-
-def charted_columns(frame: pd.DataFrame) -> list[str]:
-    """The columns of ``frame`` the dashboard reads; the others never reach a chart."""
-    return [name for name in REQUIRED_COLUMNS + CHARTED_OPTIONAL_COLUMNS if name in frame.columns]
 
 
 def moving_average(series: pd.Series, window: int = AVERAGE_WINDOW) -> pd.Series:

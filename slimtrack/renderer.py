@@ -31,6 +31,8 @@ from typing import Any, BinaryIO, Sequence
 
 import pandas as pd
 
+from slimtrack.metrics import dashboard_columns
+
 log = logging.getLogger(__name__)
 
 
@@ -63,9 +65,10 @@ class DashboardRenderer:
 
     def render(self, frame: pd.DataFrame, samples: Sequence[dict[str, Any]], png_path: Path) -> None:
         """Draw the dashboard of ``frame`` (TrainingMetrics rows) and ``samples`` into ``png_path``."""
-        from slimtrack.plots import charted_columns
-
-        frame = frame[charted_columns(frame)]  # only what the charts read crosses the pipe
+        # Only what the charts read crosses the pipe. Never import plots.py here: matplotlib's
+        # import (~0.5 s of CPU, holding the GIL) would stall the training thread at the run's
+        # first dashboard; the child has it imported already.
+        frame = frame[dashboard_columns(frame)]
         if self._ask(("render", frame, list(samples), str(png_path))):
             return
         if self._local is None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,3 +70,24 @@ def test_requests_from_two_threads_do_not_mix_on_the_pipe(tmp_path):
         assert all(pixels(tmp_path / f"{i}.png").shape[:2] == (1200, 1800) for i in range(2))
     finally:
         renderer.close()
+
+
+def test_the_training_process_never_imports_matplotlib(tmp_path):
+    """A dashboard drawn in the child leaves matplotlib out of the caller: its import (~0.5 s
+    of CPU under the import lock and the GIL) used to stall the run's first dashboard step."""
+    script = (
+        "import sys\n"
+        "from slimtrack.viz import VisualizationManager\n"
+        "from slimtrack.tracking import MlflowTracker\n"  # what the training process imports
+        "from slimtrack.renderer import DashboardRenderer\n"
+        "import tests.test_renderer as t\n"
+        "renderer = DashboardRenderer()\n"
+        f"renderer.render(t.frame(20), t.SAMPLES, {str(tmp_path / 'a.png')!r})\n"
+        "renderer.close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+    assert done.stdout.strip().splitlines()[-1] == "[]"
