@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import re
-import shutil
 import sys
 import threading
 import time
@@ -38,10 +37,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from slimtrack.metrics import TrainingMetrics  # noqa: E402
+from slimtrack.mlflow_process import Client, ClientProcess, open_client, open_encoded_png  # noqa: E402,F401
 from slimtrack.notracking import NullTracker, TrackingCost  # noqa: E402,F401 — NullTracker re-exported
 from slimtrack.priority import lower_this_thread_priority  # noqa: E402
 from slimtrack.spool import Spool  # noqa: E402
@@ -85,7 +84,7 @@ def say(message: str) -> None:
 class MlflowTracker:
     """Non-blocking, outage-proof MLflow logging for one run (rank 0 only)."""
 
-    def __init__(self, client: MlflowClient, spool: Spool | None) -> None:
+    def __init__(self, client: Client | ClientProcess, spool: Spool | None) -> None:
         self.client = client
         self.spool = spool
         self.run_id: str | None = None
@@ -121,7 +120,10 @@ class MlflowTracker:
         (``--resume``: our own run, RUNNING again), or create a run in ``experiment``.
         With ``spool_dir``, an unreachable server at start is survived too: the run is
         created when the spool is replayed."""
-        tracker = cls(MlflowClient(), Spool(spool_dir) if spool_dir else None)
+        # The run is opened from this process, so it exists (or the error is known) at once;
+        # the deliveries then go through the MLflow process (mlflow_process.py), which
+        # imports MLflow meanwhile, while the run sets up.
+        tracker = cls(Client(), Spool(spool_dir) if spool_dir else None)
         start_op = {"op": "start", "experiment": experiment, "run_name": run_name, "tags": tags,
                     "resume_run_id": resume_run_id, "attach_run_id": os.environ.get("MLFLOW_RUN_ID")}
         try:
@@ -130,13 +132,14 @@ class MlflowTracker:
             if tracker.spool is None:
                 raise
             tracker._go_offline(exc, [start_op])
+        tracker.client = open_client()
         tracker._start_worker()
         return tracker
 
     @classmethod
     def for_sync(cls, spool_dir: Path) -> "MlflowTracker":
         """A tracker that only replays the spool left in ``spool_dir`` (``slimtrack sync``)."""
-        tracker = cls(MlflowClient(), Spool(spool_dir))
+        tracker = cls(Client(), Spool(spool_dir))
         known = [op["run_id"] for op in tracker.spool.read() if op.get("run_id")]
         tracker.run_id = known[0] if known else None
         tracker.offline = True
@@ -165,7 +168,7 @@ class MlflowTracker:
 
     def cost(self) -> TrackingCost:
         """The CPU tracking has taken so far (read by the session at the end of the loop)."""
-        return TrackingCost(self._worker_cpu, self._caller_seconds)
+        return TrackingCost(self._worker_cpu + self.client.cpu_seconds(), self._caller_seconds)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         self._enqueue({"op": "artifact", "path": str(local_path), "artifact_path": artifact_path})
@@ -237,6 +240,7 @@ class MlflowTracker:
         if self.offline and self.spool is not None:
             say(f"{len(self.spool)} tracking operations are still spooled in {self.spool.path}; "
                 f"deliver them with: slimtrack sync {self.spool.path.parent}")
+        self.client.close()
 
     def ui_hint(self) -> str:
         """How to open this run in the MLflow UI (Model-training mode)."""
@@ -256,6 +260,10 @@ class MlflowTracker:
 
     def _drain_forever(self) -> None:
         lower_this_thread_priority()  # deliveries wait a little rather than preempt the step (priority.py)
+        try:
+            self.client.ready()
+        except Exception as exc:  # noqa: BLE001 — the first delivery meets it again, with retries
+            log.warning("mlflow: the delivery process is not ready: %s", exc)
         while True:
             try:
                 op: Any = self._queue.get(timeout=self.replay_interval if self.offline else None)
@@ -389,9 +397,7 @@ class MlflowTracker:
         elif kind == "artifact":
             self.client.log_artifact(run_id, op["path"], op["artifact_path"])
         elif kind == "image":
-            with open_encoded_png(op["path"]) as image:
-                self.client.log_image(run_id, image, key=op["key"], step=op["step"],
-                                      synchronous=True)
+            self.client.log_png(run_id, op["path"], key=op["key"], step=op["step"])
         elif kind == "tag":
             self.client.set_tag(run_id, op["key"], op["value"])
         elif kind == "terminate":
@@ -433,25 +439,3 @@ def _merge_metrics(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             merged.append(op)
     return merged
-
-
-def open_encoded_png(path: str) -> Any:
-    """The PNG at ``path`` as a PIL image that ``log_image`` can take without re-encoding it.
-
-    ``log_image`` saves the image it is given as PNG, plus a small WebP thumbnail. Decoding
-    our dashboard PNG and encoding it again cost ~0.15 s of CPU per dashboard in the training
-    process (the largest part of what tracking costs there, docs/benchmarks.md), to write
-    the same pixels. This image is opened lazily (the header only): saving it as PNG copies
-    the file's bytes, and anything else (the thumbnail's resize, another format) decodes it
-    as usual. ``tests/test_tracking.py`` checks that MLflow still stores the bytes as they are."""
-    from PIL import PngImagePlugin
-
-    class EncodedPng(PngImagePlugin.PngImageFile):
-        def save(self, fp: Any, format: str | None = None, **params: Any) -> None:
-            as_is = not params and format in (None, "PNG", "png") and isinstance(fp, (str, os.PathLike)) \
-                and str(fp).lower().endswith(".png")
-            if not as_is:
-                return super().save(fp, format, **params)
-            shutil.copyfile(path, fp)
-
-    return EncodedPng(path)

@@ -9,7 +9,8 @@ import numpy as np
 from mlflow import MlflowClient
 
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, open_encoded_png, redact_uri
+from slimtrack.mlflow_process import Client, open_encoded_png
+from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, redact_uri
 
 
 def record(step: int) -> TrainingMetrics:
@@ -153,7 +154,7 @@ def test_a_start_replayed_after_a_partial_failure_reopens_its_run(mlflow_store):
     """A start op that created its run and then failed (e.g. sqlite locked by another
     writer) is retried or spooled and replayed: applying it again must reopen that run,
     never create a second one with the same name."""
-    tracker = MlflowTracker(MlflowClient(), None)
+    tracker = MlflowTracker(Client(), None)
     op = {"op": "start", "experiment": "exp-start", "run_name": "once", "tags": {"t": "1"},
           "resume_run_id": None, "attach_run_id": None}
     tracker._apply(op)

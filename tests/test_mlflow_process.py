@@ -1,0 +1,69 @@
+"""The tracker's deliveries through the MLflow child process (mlflow_process.py), real sqlite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from slimtrack.metrics import TrainingMetrics
+from slimtrack.mlflow_process import Client, ClientProcess
+from slimtrack.tracking import MlflowTracker
+
+
+def record(step: int) -> TrainingMetrics:
+    return TrainingMetrics(step=step, loss=1.0 / step, accuracy=0.5, tokens_per_sec=100.0,
+                           learning_rate=1e-3, timestamp=1.7e9 + step)
+
+
+def logged_steps(run_id: str, key: str = "loss") -> list[int]:
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def test_deliveries_go_through_a_child_process_and_its_cpu_is_counted(mlflow_store):
+    tracker = MlflowTracker.start("exp-p", "r", {})
+    assert isinstance(tracker.client, ClientProcess) and not tracker.client.in_process
+    assert tracker.client._child.pid != os.getpid()
+    for step in range(1, 31):
+        tracker.log_record(record(step))
+    assert tracker.flush(timeout=60)
+    assert tracker.cost().worker_cpu_seconds > 0  # the child's CPU since it was ready
+    tracker.finish()
+    assert logged_steps(tracker.run_id) == list(range(1, 31))
+    assert MlflowClient().get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_an_error_in_the_child_is_raised_in_the_caller(mlflow_store):
+    client = ClientProcess()
+    try:
+        with pytest.raises(MlflowException):
+            client.get_run("no-such-run")
+        assert not client.in_process  # an MLflow error is an answer: the process lives on
+    finally:
+        client.close()
+
+
+def test_a_killed_child_falls_back_to_this_process_and_loses_nothing(mlflow_store):
+    tracker = MlflowTracker.start("exp-k", "r", {})
+    for step in range(1, 6):
+        tracker.log_record(record(step))
+    assert tracker.flush(timeout=60)
+    os.kill(tracker.client._child.pid, signal.SIGKILL)
+    for step in range(6, 11):
+        tracker.log_record(record(step))
+    assert tracker.flush(timeout=60)
+    assert tracker.client.in_process and not tracker.offline  # the retry went from this process
+    tracker.finish()
+    assert logged_steps(tracker.run_id) == list(range(1, 11))
+
+
+def test_the_process_can_be_switched_off(mlflow_store, monkeypatch):
+    monkeypatch.setenv("SLIMTRACK_MLFLOW_PROCESS", "0")
+    tracker = MlflowTracker.start("exp-o", "r", {})
+    assert type(tracker.client) is Client
+    tracker.log_record(record(1))
+    tracker.finish()
+    assert logged_steps(tracker.run_id) == [1]
