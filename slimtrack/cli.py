@@ -138,6 +138,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     validate_dataset(config.data.dataset)
     load_tokenizer(config.data.tokenizer)
+    if config.tracking.enabled and os.environ.get("RANK", "0") == "0":  # only rank 0 tracks
+        from slimtrack.mlflow_process import prestart
+
+        prestart()  # its MLflow import runs beside ours (torch, numba, mlflow) below
     from slimtrack.session import run_training
 
     return exit_code(run_training(config))

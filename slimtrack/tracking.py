@@ -40,7 +40,8 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from slimtrack.metrics import TrainingMetrics  # noqa: E402
-from slimtrack.mlflow_process import Client, ClientProcess, open_client, open_encoded_png  # noqa: E402,F401
+from slimtrack.mlflow_client import Client, open_encoded_png  # noqa: E402,F401
+from slimtrack.mlflow_process import ClientProcess, open_client  # noqa: E402
 from slimtrack.notracking import NullTracker, TrackingCost  # noqa: E402,F401 — NullTracker re-exported
 from slimtrack.priority import lower_this_thread_priority  # noqa: E402
 from slimtrack.spool import Spool  # noqa: E402

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.mlflow_process import Client, ClientProcess
+from slimtrack.mlflow_client import Client
+from slimtrack.mlflow_process import ClientProcess
 from slimtrack.tracking import MlflowTracker
 
 
@@ -67,3 +68,23 @@ def test_the_process_can_be_switched_off(mlflow_store, monkeypatch):
     tracker.log_record(record(1))
     tracker.finish()
     assert logged_steps(tracker.run_id) == [1]
+
+
+def test_a_prestarted_process_is_taken_over_and_follows_this_process_store(mlflow_store, tmp_path, monkeypatch):
+    """`slimtrack train` starts the MLflow process before anything else; the tracker takes it
+    over, and its ("ready", uris) points it at the store this process resolved, even when
+    that is not the one the child was started with."""
+    import mlflow
+
+    from slimtrack import mlflow_process
+
+    mlflow_process.prestart()  # started with mlflow_store's URI in the environment
+    child_pid = mlflow_process._prestarted.pid
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    mlflow.set_tracking_uri(other)
+    tracker = MlflowTracker.start("exp-pre", "r", {})
+    assert tracker.client._child.pid == child_pid and mlflow_process._prestarted is None
+    tracker.log_record(record(1))
+    tracker.finish()
+    assert sorted(m.step for m in MlflowClient(other).get_metric_history(tracker.run_id, "loss")) == [1]

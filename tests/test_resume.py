@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
-STEPS = 16
+STEPS = 30
 ARGS = ["train", "--test", "--max-chunks", str(STEPS), "--checkpoint-interval", "3", "--viz-interval", "5",
         "--eval-interval", "8"]
 KEYS = ("loss", "accuracy", "tokens_per_sec", "learning_rate", "gpu_memory_mb", "grad_norm", "tokens_seen")
@@ -46,7 +46,7 @@ def test_kill_9_then_resume_is_exact(tmp_path, kernels):
         assert proc.poll() is None, "training ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.3))  # the 13 steps left take ~0.6 s: the kill lands mid-run
+    time.sleep(random.uniform(0.0, 0.3))  # the 27 steps left take ~1.3 s: the kill lands mid-run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 

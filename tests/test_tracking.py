@@ -9,7 +9,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.mlflow_process import Client, open_encoded_png
+from slimtrack.mlflow_client import Client, open_encoded_png
 from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, redact_uri
 
 
