@@ -42,14 +42,14 @@ BENCHES = [
     Bench("dashboard", "Dashboard render time", "dashboard.py",
           ["--sizes", "100000", "1000000"], ["--sizes", "1000"]),
     Bench("end_to_end", "End to end: slimtrack vs a plain PyTorch loop", "end_to_end.py",
-          ["--max-chunks", "64", "--bpe-max-chunks", "5", "--warmup", "3", "--bpe-warmup", "2", "--repeats", "2"],
+          ["--max-chunks", "58", "--bpe-max-chunks", "4", "--warmup", "3", "--bpe-warmup", "2", "--repeats", "2"],
           ["--quick", "--vocab", "byte"]),  # the 50k runs are the slowest; data_pipeline smoke-tests that tokenizer
     Bench("step_ab", "The training step in one process: native vs torch kernels vs the reference loop",
           "step_ab.py", ["--steps", "14", "--warmup", "3"], ["--steps", "4", "--warmup", "1"]),
     Bench("data_pipeline", "Data pipeline headroom and data wait", "data_pipeline.py",
-          ["--seconds", "2", "--repeats", "2", "--train-steps", "10", "--bpe-train-steps", "6"], ["--quick"]),
+          ["--seconds", "2", "--repeats", "2", "--train-steps", "8", "--bpe-train-steps", "4"], ["--quick"]),
     Bench("logging_capacity", "Logging capacity: records/s into MLflow", "logging_capacity.py",
-          ["--records", "1000", "--repeats", "2", "--train-steps", "30"], ["--quick"]),
+          ["--records", "600", "--repeats", "2", "--train-steps", "30"], ["--quick"]),
     Bench("cold_start", "Cold start: numba cache cold vs warm", "cold_start.py", ["--repeats", "1"], ["--quick"]),
     # Not one of issue 8's measures, and 2 ranks on 2 cores says little: run it with --only.
     Bench("scaling", "Data-parallel scaling: 1 vs 2 processes (torchrun)", "scaling.py",

@@ -108,6 +108,7 @@ class MlflowTracker:
         self._pending = 0
         self._pending_lock = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._ready = threading.Event()  # set once the worker's client can deliver
         # What tracking costs the process (``cost()``): CPU seconds of the delivery thread,
         # and wall seconds the callers (the training thread) spent inside log_metrics.
         self._worker_cpu = 0.0
@@ -191,6 +192,11 @@ class MlflowTracker:
         self.log_artifact(local_path, artifact_path)
         self._enqueue({"op": "tag", "key": "mlflow.loggedArtifacts", "value": value})
 
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """Block until deliveries can start (the MLflow process has imported MLflow): a
+        benchmark times deliveries without that one-off; a run never waits for it."""
+        return self._ready.wait(timeout)
+
     def flush(self, timeout: float = 300.0) -> bool:
         """Wait until everything queued so far is delivered or spooled; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -265,6 +271,7 @@ class MlflowTracker:
             self.client.ready()
         except Exception as exc:  # noqa: BLE001 — the first delivery meets it again, with retries
             log.warning("mlflow: the delivery process is not ready: %s", exc)
+        self._ready.set()
         while True:
             try:
                 op: Any = self._queue.get(timeout=self.replay_interval if self.offline else None)

@@ -28,6 +28,7 @@ def test_deliveries_go_through_a_child_process_and_its_cpu_is_counted(mlflow_sto
     tracker = MlflowTracker.start("exp-p", "r", {})
     assert isinstance(tracker.client, ClientProcess) and not tracker.client.in_process
     assert tracker.client._child.pid != os.getpid()
+    assert tracker.wait_ready(timeout=120)  # the child imported MLflow and opened the store
     for step in range(1, 31):
         tracker.log_record(record(step))
     assert tracker.flush(timeout=60)
