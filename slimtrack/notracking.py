@@ -22,7 +22,7 @@ class TrackingCost:
     callers' seconds are spent on the training thread itself. It is not an upper bound:
     runs measured in turns lost more than this count (docs/benchmarks.md)."""
 
-    worker_cpu_seconds: float  # the background delivery thread's CPU time
+    worker_cpu_seconds: float  # the delivery thread's CPU time, and the MLflow process's after its start-up
     caller_seconds: float  # wall time the training thread spent in log_metrics / log_record
 
     @property

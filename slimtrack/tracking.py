@@ -6,7 +6,9 @@ plain dict (``{"op": "metrics", "points": [...]}``, ``{"op": "artifact", ...}``)
 put on a queue that one background thread delivers in order, merging consecutive
 metric records into ``log_batch`` calls (a synchronous ``log_metrics`` per step
 costs ~11 ms against the default sqlite store: a large share of a small CPU step).
-The training thread never waits on MLflow.
+That thread makes its MLflow calls through the MLflow process (``mlflow_process.py``), so
+MLflow's own Python never holds the training process's GIL. The training thread never
+waits on MLflow.
 
 Outages: when a delivery keeps failing, the tracker goes offline: it appends every
 operation to a durable spool (``spool.py``) in order, and replays the spool when
@@ -40,7 +42,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from slimtrack.metrics import TrainingMetrics  # noqa: E402
-from slimtrack.mlflow_client import Client, open_encoded_png  # noqa: E402,F401
+from slimtrack.mlflow_client import Client  # noqa: E402
 from slimtrack.mlflow_process import ClientProcess, open_client  # noqa: E402
 from slimtrack.notracking import NullTracker, TrackingCost  # noqa: E402,F401 — NullTracker re-exported
 from slimtrack.priority import lower_this_thread_priority  # noqa: E402
