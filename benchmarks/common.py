@@ -38,11 +38,18 @@ T = TypeVar("T")
 
 
 def cpu_model() -> str:
+    """The CPU's name, its microarchitecture as LLVM sees it and torch's kernel level, e.g.
+    "AMD EPYC (znver4; torch AVX512)". This VM's hosts vary under the same model name, and
+    torch's own CPU kernels are ~30 % faster on an AVX-512 host (docs/benchmarks.md)."""
+    import llvmlite.binding
+    import torch
+
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+        name = platform.processor() or platform.machine()
+    return f"{name} ({llvmlite.binding.get_host_cpu_name()}; torch {torch.backends.cpu.get_cpu_capability()})"
 
 
 def machine_line() -> str:

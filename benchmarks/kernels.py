@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import cpu_model
 from slimtrack.native.cross_entropy import fused_cross_entropy, warmup
 from slimtrack.native.threads import available_cores, configure_threads, threading_layer_note
 
@@ -110,15 +110,9 @@ def measure_memory_here(name: str, v: int) -> None:
 
 
 def machine_line(device: str, threads: int) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import numba
 
-    parts = [f"{datetime.datetime.now():%Y-%m-%d %H:%M}", f"CPU {cpu}",
+    parts = [f"{datetime.datetime.now():%Y-%m-%d %H:%M}", f"CPU {cpu_model()}",
              f"{available_cores()} cores ({threads} threads used)",
              f"torch {torch.__version__}", f"numba {numba.__version__}",
              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "

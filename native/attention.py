@@ -6,12 +6,12 @@
 The four matrix products run as torch batched matmuls on contiguous [B*H, T, D] blocks;
 the causal softmax between them and its backward pass are the numba kernels in
 attention_cpu.py. On this VM's CPU torch's own path (``scaled_dot_product_attention``,
-a flash-attention kernel) runs its small per-block products at ~35 GFLOP/s, a third of
-what one big batched matmul gets, and its backward pass recomputes the scores; at the
-small preset's shape this path's forward + backward is ~1.4x faster
-(docs/benchmarks.md). The price is memory: it keeps the attention weights,
-B*H*T*T floats per layer (4 MiB at the small preset), for the backward pass, where
-flash attention keeps one float per row.
+a flash-attention kernel) runs its small per-block products well below what one big
+batched matmul gets (~35 GFLOP/s, a third, on the 2026-11-26 host), and its backward pass
+recomputes the scores; at the small preset's shape this path's forward + backward is
+1.1-1.4x faster, by host: least where torch has AVX-512 kernels (docs/benchmarks.md).
+The price is memory: it keeps the attention weights, B*H*T*T floats per layer (4 MiB at
+the small preset), for the backward pass, where flash attention keeps one float per row.
 
 So the fused path runs only where that is cheap: CPU float32 tensors whose weights fit
 in ``MAX_SCORES_BYTES``. Everything else (CUDA, where flash attention is far ahead;
