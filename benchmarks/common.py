@@ -37,31 +37,16 @@ T = TypeVar("T")
 # ---------------------------------------------------------------- the machine
 
 
-def cpu_model() -> str:
-    """The CPU's name, its microarchitecture as LLVM sees it and torch's kernel level, e.g.
-    "AMD EPYC (znver4; torch AVX512)". This VM's hosts vary under the same model name, and
-    torch's own CPU kernels are ~30 % faster on an AVX-512 host (docs/benchmarks.md)."""
-    import llvmlite.binding
-    import torch
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name} ({llvmlite.binding.get_host_cpu_name()}; torch {torch.backends.cpu.get_cpu_capability()})"
-
-
 def machine_line() -> str:
     """Date, CPU, cores, load and library versions: the context every table needs."""
     import mlflow
     import numba
     import torch
 
-    from slimtrack.native.threads import available_cores, threading_layer_note
+    from slimtrack.native.threads import available_cores, cpu_description, threading_layer_note
 
     layer = threading_layer_note()
-    return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}; CPU {cpu_model()}; {available_cores()} cores; "
+    return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}; CPU {cpu_description()}; {available_cores()} cores; "
             f"load average {os.getloadavg()[0]:.2f}; Python {platform.python_version()}; "
             f"torch {torch.__version__}; numba {numba.__version__} ({layer}); mlflow {mlflow.__version__}")
 

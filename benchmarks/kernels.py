@@ -29,9 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import cpu_model
 from slimtrack.native.cross_entropy import fused_cross_entropy, warmup
-from slimtrack.native.threads import available_cores, configure_threads, threading_layer_note
+from slimtrack.native.threads import available_cores, configure_threads, cpu_description, threading_layer_note
 
 # Rows of logits: on CPU the small preset's tokens per step (16 x 128); a GPU batch is larger.
 N_ROWS = {"cpu": 2048, "cuda": 4096}
@@ -112,7 +111,7 @@ def measure_memory_here(name: str, v: int) -> None:
 def machine_line(device: str, threads: int) -> str:
     import numba
 
-    parts = [f"{datetime.datetime.now():%Y-%m-%d %H:%M}", f"CPU {cpu_model()}",
+    parts = [f"{datetime.datetime.now():%Y-%m-%d %H:%M}", f"CPU {cpu_description()}",
              f"{available_cores()} cores ({threads} threads used)",
              f"torch {torch.__version__}", f"numba {numba.__version__}",
              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "

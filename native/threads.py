@@ -37,6 +37,25 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def cpu_description() -> str:
+    """The CPU as throughput comparisons need it: its name, its microarchitecture as LLVM
+    (numba's compiler) sees it, and the level of torch's CPU kernels, e.g.
+    "AMD EPYC (znver4; torch AVX512)". A VM's model name can hide the host: on this
+    project's VM torch's own kernels ran ~30 % faster on a Zen 4 host than on the one
+    before, under the same name (docs/benchmarks.md)."""
+    import platform
+
+    import llvmlite.binding
+    import torch
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name} ({llvmlite.binding.get_host_cpu_name()}; torch {torch.backends.cpu.get_cpu_capability()})"
+
+
 def _loaded_libraries(fragment: str) -> set[str]:
     """Paths of the shared libraries mapped into this process whose file name has ``fragment``."""
     try:

@@ -36,7 +36,7 @@ from slimtrack.distributed import World, barrier, init_world, shutdown
 from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.model import GPT
-from slimtrack.native.threads import configure_threads
+from slimtrack.native.threads import configure_threads, cpu_description
 from slimtrack.tokenizer import load_tokenizer
 from slimtrack.trainer import (LoopHooks, NonFiniteLossError, SlimPajamaTrainer, default_output_dir,
                                resolve_device)
@@ -78,7 +78,8 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
         "slimtrack.device": str(device), "slimtrack.threads": str(threads),
         "slimtrack.version": __version__, "torch.version": torch.__version__,
         "numba.version": numba.__version__, "numba.threading_layer": str(numba.config.THREADING_LAYER),
-        "mlflow.version": mlflow.__version__,
+        "mlflow.version": mlflow.__version__, "slimtrack.cpu": cpu_description(),
+        **({"slimtrack.gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
     }
 
 

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from conftest import REPO, run_cli
 from slimpajama_fixture import SET_NAMES, make_slimpajama_tree
 from slimtrack.cli import main
+from slimtrack.native.threads import cpu_description
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +59,10 @@ def test_run_has_every_record_once_per_step(test_run):
     assert run.data.params["train.max_chunks"] == "30" and run.data.params["config.preset"] == "test"
     assert run.data.tags["slimtrack.kernels"] == "native"
     assert "torch.version" in run.data.tags
+    # The host, for comparing throughput across runs: name (microarchitecture; torch's kernel level).
+    assert run.data.tags["slimtrack.cpu"] == cpu_description()
+    assert cpu_description().endswith(f"; torch {torch.backends.cpu.get_cpu_capability()})")
+    assert "slimtrack.gpu" not in run.data.tags
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.info.run_id in result.stderr and "workflowType=machine_learning" in result.stderr
