@@ -21,6 +21,8 @@ once, before training starts, and where it can it makes them the same threads:
   (``OMP_WAIT_POLICY=PASSIVE`` against that cost torch ~10 % of a step in wake-ups).
 
 A ``NUMBA_THREADING_LAYER`` the user set is always kept.
+
+``cpu_description`` names the CPU these pools run on, for run tags and benchmark tables.
 """
 
 from __future__ import annotations
