@@ -22,6 +22,16 @@ import torch.nn.functional as F
 from slimtrack.config import ModelConfig
 
 
+def apply_linear(layer: nn.Linear, x: torch.Tensor, native: bool, bias: bool = True) -> torch.Tensor:
+    """``layer(x)`` (without its bias if ``bias`` is False); with ``native`` in training,
+    through ``slimtrack.native.onednn_linear`` (oneDNN's products on CPU float32, else F.linear)."""
+    b = layer.bias if bias else None
+    if native:
+        from slimtrack.native import onednn_linear  # numba loads only when asked for
+        return onednn_linear(x, layer.weight, b)
+    return F.linear(x, layer.weight, b)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, native: bool = False) -> None:
         super().__init__()
@@ -33,10 +43,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        qkv = self.qkv(x)  # [B, T, 3C]
-        if self.native and self.training and self.dropout == 0.0:
+        native = self.native and self.training
+        qkv = apply_linear(self.qkv, x, native)  # [B, T, 3C]
+        if native and self.dropout == 0.0:
             from slimtrack.native import causal_attention  # numba loads only when asked for
-            return self.proj(causal_attention(qkv, self.n_head))  # falls back to SDPA where not faster
+            y = causal_attention(qkv, self.n_head)  # falls back to SDPA where not faster
+            return apply_linear(self.proj, y, native)
         q, k, v = qkv.split(C, dim=2)  # 3 x [B, T, C]
         # [B, T, C] -> [B, H, T, D]
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -44,7 +56,7 @@ class CausalSelfAttention(nn.Module):
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )  # [B, H, T, D]
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.proj(y)
+        return apply_linear(self.proj, y, native)
 
 
 class MLP(nn.Module):
@@ -60,14 +72,15 @@ class MLP(nn.Module):
         # 2-D so that fc's output is a tensor of its own, not a view: an in-place op on a
         # view makes autograd copy the whole base in the backward pass (~8 ms a layer here).
         x = x.reshape(B * T, C)
-        if self.native and self.training and x.device.type == "cpu":  # on CUDA torch's is one kernel
+        native = self.native and self.training
+        if native and x.device.type == "cpu":  # on CUDA torch's is one kernel
             from slimtrack.native import fused_bias_gelu  # numba loads only when asked for
             # The bias-free product is a tensor of its own, which nothing saves for backward:
             # bias + GELU overwrite it in one pass (no broadcast copy of the bias, as addmm does).
-            h = fused_bias_gelu(F.linear(x, self.fc.weight), self.fc.bias)  # [B*T, 4C]
+            h = fused_bias_gelu(apply_linear(self.fc, x, native, bias=False), self.fc.bias)  # [B*T, 4C]
         else:
-            h = F.gelu(self.fc(x), approximate="tanh")  # [B*T, 4C]
-        return self.dropout(self.proj(h)).view(B, T, C)
+            h = F.gelu(apply_linear(self.fc, x, native), approximate="tanh")  # [B*T, 4C]
+        return self.dropout(apply_linear(self.proj, h, native)).view(B, T, C)
 
 
 class Block(nn.Module):
@@ -96,6 +109,7 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied embeddings
+        self.native = kernels == "native"
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the stream's variance flat.
         for name, p in self.named_parameters():
@@ -123,7 +137,7 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))  # [B, T, V]
+        return apply_linear(self.lm_head, self.ln_f(x), self.native and self.training)  # [B, T, V]
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Two AdamW groups: matrices decay, vectors (biases, LayerNorm) do not."""
