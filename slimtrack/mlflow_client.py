@@ -7,9 +7,10 @@ and sets up), then answers the tracker's calls (mlflow_process.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 from mlflow import MlflowClient
@@ -17,6 +18,12 @@ from mlflow import MlflowClient
 
 class Client(MlflowClient):
     """``MlflowClient`` and the few things the tracker adds (the same in either process)."""
+
+    def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        # MlflowClient opens its tracking store here; for sqlite that creates the tables of a
+        # new file, which the MLflow process may be doing at the same moment (see below).
+        with store_creation_lock(tracking_uri or mlflow.get_tracking_uri()):
+            super().__init__(tracking_uri, registry_uri)
 
     def ready(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
         """Nothing to wait for in this process."""
@@ -31,6 +38,35 @@ class Client(MlflowClient):
         """A PNG file as a step-indexed image (the UI's step slider), stored as it is."""
         with open_encoded_png(path) as image:
             self.log_image(run_id, image, key=key, step=step, synchronous=True)
+
+
+@contextlib.contextmanager
+def store_creation_lock(tracking_uri: str) -> Iterator[None]:
+    """Held while a sqlite store is opened: one process at a time creates a new file's tables.
+
+    ``slimtrack train`` opens the store twice at about the same time: the MLflow process
+    as soon as it starts, the training process when it opens the run. On a new sqlite file
+    both ran MLflow's table creation and one failed ("table latest_metrics already exists",
+    "duplicate column name"): two processes on a fresh file failed 3 times in 3. An
+    exclusive ``flock`` on the database file itself serialises the two; sqlite's own locks
+    are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores, and
+    files that cannot be opened (MLflow then reports the problem), run without it."""
+    path = tracking_uri[len("sqlite:///"):].split("?")[0] if tracking_uri.startswith("sqlite:///") else None
+    try:
+        import fcntl
+
+        handle = open(path, "ab") if path else None  # "ab": creates it, never truncates
+    except (ImportError, OSError):
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_encoded_png(path: str) -> Any:

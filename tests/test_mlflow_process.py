@@ -89,3 +89,28 @@ def test_a_prestarted_process_is_taken_over_and_follows_this_process_store(mlflo
     tracker.log_record(record(1))
     tracker.finish()
     assert sorted(m.step for m in MlflowClient(other).get_metric_history(tracker.run_id, "loss")) == [1]
+
+
+RACE = """
+import sys, time
+from slimtrack.mlflow_client import Client
+uri, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # both processes open the new file at once
+Client(uri).search_experiments()
+"""
+
+
+def test_two_processes_opening_a_new_sqlite_store_at_once_both_succeed(tmp_path):
+    """What `slimtrack train` does (the MLflow process and the run's opening); without the
+    lock one of them failed creating the tables, 3 times in 3."""
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    start = time.time() + 8  # past both imports of MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, uri, str(start)], stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
