@@ -12,7 +12,8 @@ inputs: on CPU the resident-set high-water mark in a fresh subprocess per
 measurement (torch's CPU allocator is invisible to tracemalloc), on CUDA
 ``torch.cuda.max_memory_allocated``. On CUDA the fused kernel's bandwidth counts
 one read of the logits and one write of the gradient, against the card's peak.
-The AdamW benchmark (kernels_adamw.py) runs after, when it is there.
+The AdamW benchmark (kernels_adamw.py) runs after, when it is there; on CPU also the GELU,
+attention and linear-layer benchmarks (kernels_gelu.py, kernels_attention.py, kernels_linear.py).
 """
 
 from __future__ import annotations
@@ -215,3 +216,8 @@ if __name__ == "__main__":
     if args.device == "cpu":
         from kernels_attention import main as attention_main
         print("\n" + attention_main(args.quick, args.threads), flush=True)
+
+    # ---- and the linear layers on oneDNN (benchmarks/kernels_linear.py): CPU only, CUDA runs cuBLAS ----
+    if args.device == "cpu":
+        from kernels_linear import main as linear_main
+        print("\n" + linear_main(args.quick, args.threads), flush=True)

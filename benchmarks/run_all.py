@@ -38,7 +38,7 @@ class Bench:
 
 
 BENCHES = [
-    Bench("kernels", "Native kernels: fused cross-entropy and FusedAdamW vs torch", "kernels.py", [], ["--quick"]),
+    Bench("kernels", "Native kernels: fused cross-entropy, FusedAdamW, GELU, attention and linear layers vs torch", "kernels.py", [], ["--quick"]),
     Bench("dashboard", "Dashboard render time", "dashboard.py",
           ["--sizes", "100000", "1000000"], ["--sizes", "1000"]),
     Bench("end_to_end", "End to end: slimtrack vs a plain PyTorch loop", "end_to_end.py",
