@@ -5,7 +5,7 @@
 
 On CPU, ``F.linear`` on float32 runs MKL's sgemm (and ``addmm`` first copies the bias
 into every output row). torch's CPU wheels also carry oneDNN, whose fp32 products, at
-the small preset's shapes on the 2026-11-27 Zen 4 host, were 10-17 % faster for the
+the small preset's shapes on the 2026-11-27 Zen 4 host, were up to 17 % faster for the
 forward pass (``x w^T``, bias folded in) and for the input gradient (``g w``); for the
 weight gradient (``g^T x``, both operands transposed) MKL stayed ahead, so that one
 product keeps torch's ``mm`` (docs/benchmarks.md). torch reaches oneDNN's fp32 matmul
@@ -14,9 +14,10 @@ at full float32 through ``torch.ops.mkldnn._linear_pointwise``, the op torch's o
 compiler (Inductor) emits for CPU linear layers. The values match F.linear's within
 float32 rounding (different summation order).
 
-Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), a torch built
-without oneDNN, and any call under ``torch.no_grad`` that would gain nothing from the
-custom backward.
+Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D inputs
+and a torch built without oneDNN. ``torch.ops.mkldnn`` is a private namespace: a torch
+release that drops the op falls back the same way (``onednn_available``), and
+tests/test_native_linear.py checks values and gradients against float64.
 """
 
 from __future__ import annotations
