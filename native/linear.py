@@ -7,8 +7,8 @@ On CPU, ``F.linear`` on float32 runs MKL's sgemm (and ``addmm`` first copies the
 into every output row). torch's CPU wheels also carry oneDNN, whose fp32 products, at
 the small preset's shapes on the 2026-11-27 Zen 4 host, were up to 17 % faster for the
 forward pass (``x w^T``, bias folded in) and for the input gradient (``g w``); for the
-weight gradient (``g^T x``, both operands transposed) MKL stayed ahead, so that one
-product keeps torch's ``mm`` (docs/benchmarks.md). torch reaches oneDNN's fp32 matmul
+weight gradient (``g^T x``, both operands transposed) MKL stayed ahead except where the
+layer narrows (in > out), so that product keeps torch's ``mm`` elsewhere (docs/benchmarks.md). torch reaches oneDNN's fp32 matmul
 only with reduced precision (``torch.backends.mkldnn`` bf16/tf32 settings); here it runs
 at full float32 through ``torch.ops.mkldnn._linear_pointwise``, the op torch's own
 compiler (Inductor) emits for CPU linear layers. The values match F.linear's within
@@ -71,8 +71,11 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _product(g2, weight.t(), None).view(ctx.input_shape)  # g w: [N, in]
-        if ctx.needs_input_grad[1]:
-            grad_w = g2.t().mm(x2)  # g^T x: [out, in], MKL (faster here than oneDNN)
+        if ctx.needs_input_grad[1]:  # g^T x: [out, in]
+            # Both operands are transposed views. MKL was faster for them at most shapes
+            # here; where in > out (the MLP's proj, 1024 -> 256) oneDNN was, by 15 % inside
+            # a step (7.45 -> 6.33 ms a call; docs/benchmarks.md).
+            grad_w = _product(g2.t(), x2.t(), None) if x2.shape[1] > g2.shape[1] else g2.t().mm(x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(dim=0)
         return grad_x, grad_w, grad_b

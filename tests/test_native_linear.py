@@ -22,11 +22,12 @@ def value_and_grads(fn, x, weight, bias, grad):
 @needs_onednn
 @pytest.mark.parametrize("shape", [(37, 24), (3, 11, 24)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_values_and_all_gradients_match_float64_as_closely_as_f_linear(shape, with_bias):
+@pytest.mark.parametrize("n_out", [40, 10])  # widening, narrowing: the weight gradient's two paths
+def test_values_and_all_gradients_match_float64_as_closely_as_f_linear(shape, with_bias, n_out):
     torch.manual_seed(0)
-    x, weight = torch.randn(*shape), torch.randn(40, 24)
-    bias = torch.randn(40) if with_bias else None
-    grad = torch.randn(*shape[:-1], 40)
+    x, weight = torch.randn(*shape), torch.randn(n_out, 24)
+    bias = torch.randn(n_out) if with_bias else None
+    grad = torch.randn(*shape[:-1], n_out)
     assert uses_onednn(x, weight)
     ours = value_and_grads(onednn_linear, x, weight, bias, grad)
     torchs = value_and_grads(F.linear, x, weight, bias, grad)
