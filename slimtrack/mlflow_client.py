@@ -49,24 +49,20 @@ def store_creation_lock(tracking_uri: str) -> Iterator[None]:
     both ran MLflow's table creation and one failed ("table latest_metrics already exists",
     "duplicate column name"): two processes on a fresh file failed 3 times in 3. An
     exclusive ``flock`` on the database file itself serialises the two; sqlite's own locks
-    are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores, and
-    files that cannot be opened (MLflow then reports the problem), run without it."""
+    are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores, files
+    that cannot be opened (MLflow then reports the problem) and file systems without
+    ``flock`` run without it."""
     path = tracking_uri[len("sqlite:///"):].split("?")[0] if tracking_uri.startswith("sqlite:///") else None
-    try:
-        import fcntl
-
-        handle = open(path, "ab") if path else None  # "ab": creates it, never truncates
-    except (ImportError, OSError):
-        handle = None
-    if handle is None:
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as held:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            import fcntl
+
+            if path:
+                handle = held.enter_context(open(path, "ab"))  # "ab": creates it, never truncates
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        except (ImportError, OSError):
+            pass
+        yield
 
 
 def open_encoded_png(path: str) -> Any:
