@@ -14,13 +14,15 @@ at full float32 through ``torch.ops.mkldnn._linear_pointwise``, the op torch's o
 compiler (Inductor) emits for CPU linear layers. The values match F.linear's within
 float32 rounding (different summation order).
 
-Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D inputs
-and a torch built without oneDNN. ``torch.ops.mkldnn`` is a private namespace: a torch
+Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D inputs,
+a torch built without oneDNN, and ``SLIMTRACK_ONEDNN_LINEAR=0``. ``torch.ops.mkldnn`` is a private namespace: a torch
 release that drops the op falls back the same way (``onednn_available``), and
 tests/test_native_linear.py checks values and gradients against float64.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,9 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-_ONEDNN = onednn_available()
+# The split above was measured on one CPU; SLIMTRACK_ONEDNN_LINEAR=0 keeps torch's default
+# (MKL) where another CPU favours it (benchmarks/kernels_linear.py compares the two).
+_ONEDNN = onednn_available() and os.environ.get("SLIMTRACK_ONEDNN_LINEAR", "1") != "0"
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,3 +77,13 @@ def test_a_1d_input_runs_f_linear():
     x, weight = torch.randn(4), torch.randn(3, 4)
     assert not uses_onednn(x, weight)
     assert torch.equal(onednn_linear(x, weight), F.linear(x, weight))
+
+
+def test_the_environment_switch_keeps_f_linear():
+    """SLIMTRACK_ONEDNN_LINEAR=0, read at import, in a fresh process."""
+    code = ("import torch; from slimtrack.native.linear import uses_onednn; "
+            "print(uses_onednn(torch.randn(4, 3), torch.randn(2, 3)))")
+    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "SLIMTRACK_ONEDNN_LINEAR": value}).stdout.strip()
+               for value in ("0", "1")]
+    assert outputs == ["False", str(onednn_available())]
