@@ -14,7 +14,7 @@ at full float32 through ``torch.ops.mkldnn._linear_pointwise``, the op torch's o
 compiler (Inductor) emits for CPU linear layers. The values match F.linear's within
 float32 rounding (different summation order).
 
-Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D inputs,
+Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D or empty inputs,
 a torch built without oneDNN, and ``SLIMTRACK_ONEDNN_LINEAR=0``. ``torch.ops.mkldnn`` is a private namespace: a torch
 release that drops the op falls back the same way (``onednn_available``), and
 tests/test_native_linear.py checks values and gradients against float64.
@@ -41,7 +41,8 @@ _ONEDNN = onednn_available() and os.environ.get("SLIMTRACK_ONEDNN_LINEAR", "1") 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``onednn_linear`` runs this input's products on oneDNN (else F.linear)."""
     return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and x.dim() >= 2)
+            and weight.dtype == torch.float32 and x.dim() >= 2
+            and x.numel() > 0 and weight.numel() > 0)  # oneDNN has no empty products
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

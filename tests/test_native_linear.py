@@ -73,10 +73,14 @@ def test_other_dtypes_run_f_linear_exactly(dtype):
     assert torch.equal(onednn_linear(x, weight, bias), F.linear(x, weight, bias))
 
 
-def test_a_1d_input_runs_f_linear():
-    x, weight = torch.randn(4), torch.randn(3, 4)
+@pytest.mark.parametrize("shape", [(4,), (0, 4), (2, 0, 4)])
+def test_1d_and_empty_inputs_run_f_linear(shape):
+    x, weight, bias = torch.randn(*shape, requires_grad=True), torch.randn(3, 4, requires_grad=True), torch.randn(3)
     assert not uses_onednn(x, weight)
-    assert torch.equal(onednn_linear(x, weight), F.linear(x, weight))
+    y = onednn_linear(x, weight, bias)
+    assert torch.equal(y, F.linear(x, weight, bias))
+    y.sum().backward()  # oneDNN itself rejects empty products
+    assert weight.grad.shape == weight.shape
 
 
 def test_the_environment_switch_keeps_f_linear():
