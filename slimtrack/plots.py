@@ -206,12 +206,22 @@ def build_dashboard(
 
 
 def save_png(fig: Figure, path_or_buffer: str | os.PathLike | IO[bytes], dpi: float | None = None) -> None:
-    """Write the figure as PNG through the Agg canvas (never pyplot)."""
-    if not isinstance(fig.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(fig)
-    # zlib level 1 encodes ~3x faster than the default 6 (~8 % of a render) for a file ~10 % larger.
-    fig.savefig(path_or_buffer, format="png", dpi=dpi if dpi is not None else fig.dpi,
-                pil_kwargs={"compress_level": 1})
+    """Write the figure as an RGB PNG through the Agg canvas (never pyplot).
+
+    The figure is opaque, so the alpha channel savefig writes carries nothing, and it
+    costs: encoding RGBA took 47 ms against 36 for RGB (1800x1200), and the thumbnail
+    MLflow's log_image makes (decode + resize, in the MLflow process) 50 ms against 26,
+    since PIL premultiplies alpha to resize. zlib level 1 encodes ~3x faster than the
+    default 6 (~8 % of a render) for a file ~10 % larger."""
+    from PIL import Image  # matplotlib's own dependency
+
+    if dpi is not None and dpi != fig.dpi:
+        fig.savefig(path_or_buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+        return
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    rgba.convert("RGB").save(path_or_buffer, format="PNG", compress_level=1)
 
 
 def _headline(df: pd.DataFrame) -> str:

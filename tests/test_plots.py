@@ -261,6 +261,16 @@ def test_save_png_to_a_path_has_the_figure_size(tmp_path) -> None:
         assert image.format == "PNG" and image.size == (450, 300)
 
 
+def test_save_png_writes_savefigs_pixels_without_the_alpha_channel(dashboard: Figure) -> None:
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    save_png(dashboard, ours)
+    dashboard.savefig(theirs, format="png", dpi=dashboard.dpi)
+    with Image.open(ours) as mine, Image.open(theirs) as reference:
+        assert mine.mode == "RGB" and reference.mode == "RGBA" and mine.size == reference.size
+        assert reference.getextrema()[3] == (255, 255)  # opaque: dropping alpha loses nothing
+        assert mine.tobytes() == reference.convert("RGB").tobytes()
+
+
 def test_shorten() -> None:
     assert plots.shorten("a\nb\r\nc") == "a ⏎ b ⏎ c"
     assert plots.shorten("x" * 100) == "x" * 59 + "…"
@@ -284,3 +294,10 @@ def test_a_reused_dashboard_draws_exactly_what_a_fresh_one_does() -> None:
     with Image.open(io.BytesIO(render(figure))) as a, Image.open(io.BytesIO(render(fresh))) as b:
         assert a.size == b.size
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_save_png_at_another_dpi_scales_the_image() -> None:
+    buffer = io.BytesIO()
+    save_png(build_dashboard(metrics(30), [], figsize=(9, 6), dpi=50), buffer, dpi=100)
+    with Image.open(buffer) as image:
+        assert image.size == (900, 600)
