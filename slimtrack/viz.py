@@ -71,6 +71,7 @@ class VisualizationManager:
         self.last_step = 0  # the step of the newest record
         self.samples: list[dict[str, Any]] = []
         self.rendered_steps: list[int] = []
+        self._requested_step = 0  # the step of the newest render request
         self._pending: deque[_Request] = deque(maxlen=MAX_PENDING_RENDERS)
         self._export_lock = threading.Lock()
         self._exported_step = 0  # metrics_history.json on disk covers steps up to this one
@@ -101,14 +102,17 @@ class VisualizationManager:
         if not len(self.history):
             return
         request = self._request_now()
+        self._requested_step = request.step
         with self._cond:
             if request not in self._pending:
                 self._pending.append(request)  # a full deque drops its oldest request
             self._cond.notify()
 
     def close(self, timeout: float = 120.0) -> None:
-        """Render once more at the current step (unless just done), then stop the worker."""
-        if len(self.history) and (not self.rendered_steps or self.rendered_steps[-1] != self.last_step):
+        """Render once more at the current step (unless already asked for), then stop the worker."""
+        # Not rendered_steps: the worker may be drawing this step's render right now (the
+        # run ended on a viz step), and a second one would log the same step's image twice.
+        if len(self.history) and self._requested_step != self.last_step:
             self.request_render()
         with self._cond:
             self._closed = True

@@ -31,6 +31,17 @@ def test_renders_every_interval_and_once_at_the_end(tmp_path):
     assert [row[0] for row in samples["data"]] == [5, 10, 15, 20, 25]
 
 
+def test_a_run_ending_on_a_viz_step_renders_that_step_once(tmp_path):
+    viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=10)
+    for step in range(1, 21):
+        viz.update(record(step))
+    deadline = time.monotonic() + 60
+    while viz._pending and time.monotonic() < deadline:  # the worker took step 20's request...
+        time.sleep(0.001)
+    viz.close()  # ...and is likely still drawing it (a few hundred ms), as when a run ends
+    assert viz.rendered_steps == [10, 20]
+
+
 def test_a_slow_render_never_builds_an_unbounded_queue(tmp_path):
     viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=1)
     with viz._cond:  # hold the worker off, as a long render would
