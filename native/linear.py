@@ -1,23 +1,25 @@
 """Linear layers whose products run on oneDNN, where that is faster than torch's default.
 
     y = onednn_linear(x, weight, bias)   # = F.linear(x, weight, bias); x: [..., in], weight: [out, in]
-    y.backward(grad)              # dx, dweight, dbias as F.linear's
+    y.backward(grad)                     # dx, dweight, dbias as F.linear's
 
 On CPU, ``F.linear`` on float32 runs MKL's sgemm (and ``addmm`` first copies the bias
 into every output row). torch's CPU wheels also carry oneDNN, whose fp32 products, at
 the small preset's shapes on the 2026-11-27 Zen 4 host, were up to 17 % faster for the
-forward pass (``x w^T``, bias folded in) and for the input gradient (``g w``); for the
+forward pass (``x w^T``, bias folded in) and for the input gradient (``g w``). For the
 weight gradient (``g^T x``, both operands transposed) MKL stayed ahead except where the
-layer narrows (in > out), so that product keeps torch's ``mm`` elsewhere (docs/benchmarks.md). torch reaches oneDNN's fp32 matmul
-only with reduced precision (``torch.backends.mkldnn`` bf16/tf32 settings); here it runs
-at full float32 through ``torch.ops.mkldnn._linear_pointwise``, the op torch's own
-compiler (Inductor) emits for CPU linear layers. The values match F.linear's within
-float32 rounding (different summation order).
+layer narrows (in > out), so elsewhere that product keeps torch's ``mm``
+(docs/benchmarks.md). torch reaches oneDNN's fp32 matmul only with reduced precision
+(``torch.backends.mkldnn`` bf16/tf32 settings); here it runs at full float32 through
+``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler (Inductor) emits for
+CPU linear layers. The values match F.linear's within float32 rounding (different
+summation order).
 
-Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D or empty inputs,
-a torch built without oneDNN, and ``SLIMTRACK_ONEDNN_LINEAR=0``. ``torch.ops.mkldnn`` is a private namespace: a torch
-release that drops the op falls back the same way (``onednn_available``), and
-tests/test_native_linear.py checks values and gradients against float64.
+Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D or empty
+inputs, a torch built without oneDNN, and ``SLIMTRACK_ONEDNN_LINEAR=0``.
+``torch.ops.mkldnn`` is a private namespace: a torch release that drops the op falls back
+the same way (``onednn_available``), and tests/test_native_linear.py checks values and
+gradients against float64.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [N, in]
         ctx.save_for_backward(x2, weight)
-        ctx.input_shape, ctx.has_bias = x.shape, bias is not None
+        ctx.input_shape = x.shape
         y = _product(x2, weight, None if bias is None else bias.contiguous())  # [N, out]
         # A 2-D input gets y itself, not a view of it: in-place ops on the output (the MLP's
         # fused bias + GELU) need a tensor of its own.
@@ -81,6 +83,6 @@ class _OneDNNLinear(torch.autograd.Function):
             # here; where in > out (the MLP's proj, 1024 -> 256) oneDNN was, by 15 % inside
             # a step (7.45 -> 6.33 ms a call; docs/benchmarks.md).
             grad_w = _product(g2.t(), x2.t(), None) if x2.shape[1] > g2.shape[1] else g2.t().mm(x2)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             grad_b = g2.sum(dim=0)
         return grad_x, grad_w, grad_b

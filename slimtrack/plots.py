@@ -215,12 +215,15 @@ def save_png(fig: Figure, path_or_buffer: str | os.PathLike | IO[bytes], dpi: fl
     default 6 (~8 % of a render) for a file ~10 % larger."""
     from PIL import Image  # matplotlib's own dependency
 
-    if dpi is not None and dpi != fig.dpi:
-        fig.savefig(path_or_buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
-        return
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    figure_dpi = fig.dpi
+    if dpi is not None:
+        fig.set_dpi(dpi)  # for this drawing only, as savefig(dpi=...) does
+    try:
+        canvas.draw()
+        rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    finally:
+        fig.set_dpi(figure_dpi)
     rgba.convert("RGB").save(path_or_buffer, format="PNG", compress_level=1)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -103,10 +106,6 @@ Client(uri).search_experiments()
 def test_two_processes_opening_a_new_sqlite_store_at_once_both_succeed(tmp_path):
     """What `slimtrack train` does (the MLflow process and the run's opening); without the
     lock one of them failed creating the tables, 3 times in 3."""
-    import subprocess
-    import sys
-    import time
-
     uri = f"sqlite:///{tmp_path / 'fresh.db'}"
     start = time.time() + 8  # past both imports of MLflow
     procs = [subprocess.Popen([sys.executable, "-c", RACE, uri, str(start)], stderr=subprocess.PIPE, text=True)
