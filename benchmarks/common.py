@@ -203,7 +203,7 @@ def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env
 
 def log_linger_seconds() -> float:
     """The tracker's linger as a run of ours would see it (the environment's, or its default)."""
-    from slimtrack.tracking import DEFAULT_LOG_LINGER_SECONDS
+    from slimtrack.tracking.tracker import DEFAULT_LOG_LINGER_SECONDS
 
     return float(os.environ.get("SLIMTRACK_LOG_LINGER", DEFAULT_LOG_LINGER_SECONDS))
 
@@ -300,7 +300,7 @@ def steps_per_sec(history: list[dict], warmup: int = WARMUP_STEPS) -> list[float
 
 def embedded_texts(max_bytes: int) -> Iterator[str]:
     """Documents of the embedded corpus's train split, about ``max_bytes`` of them."""
-    from slimtrack.data import SkipStats, iter_documents
+    from slimtrack.data.documents import SkipStats, iter_documents
 
     seen = 0
     for document in iter_documents("embedded", "train", SkipStats()):

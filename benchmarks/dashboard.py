@@ -27,8 +27,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from slimtrack.plots import Dashboard, build_dashboard, save_png
-from slimtrack.viz import HISTORY_EXPORT_SHARE
+from slimtrack.dashboard.charts import Dashboard, build_dashboard, save_png
+from slimtrack.dashboard.manager import HISTORY_EXPORT_SHARE
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 REPEATS = 3
@@ -189,7 +189,7 @@ def _simulated_loop(steps: int, interval: int, render: bool) -> tuple[float, lis
 
     from slimtrack.metrics import TrainingMetrics
     from slimtrack.tracking import NullTracker
-    from slimtrack.viz import VisualizationManager
+    from slimtrack.dashboard.manager import VisualizationManager
 
     a = torch.randn(384, 384)
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,8 +30,9 @@ import torch  # noqa: F401 — imported before any timing (chunks are torch tens
 from common import (WARMUP_STEPS, alternate, bpe_tokenizer, fmt_num, fmt_runs, machine_line, markdown_table,
                     median, slimtrack_train, target_note, window_rate)
 from slimtrack.config import build_config
-from slimtrack.data import ChunkStream, SkipStats, iter_documents
-from slimtrack.tokenizer import Tokenizer, load_tokenizer
+from slimtrack.data.chunks import ChunkStream
+from slimtrack.data.documents import SkipStats, iter_documents
+from slimtrack.data.tokenizer import Tokenizer, load_tokenizer
 
 HEADROOM_TARGET = 10.0
 WAIT_TARGET = 0.01

@@ -21,7 +21,7 @@ import time
 import torch
 from common import kernel_bench_cli
 
-from slimtrack.allocator import keep_freed_memory
+from slimtrack.runtime.allocator import keep_freed_memory
 from slimtrack.native.attention import attention_reference, causal_attention, uses_fused_kernel
 from slimtrack.native.threads import configure_threads
 

@@ -29,7 +29,8 @@ import mlflow
 from common import (REPO_ROOT, WARMUP_STEPS, alternate, fmt_num, fmt_runs, machine_line, markdown_table, median,
                     slimtrack_train, steps_per_sec)
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.tracking import MlflowTracker
+from slimtrack.tracking.process import start_mlflow_process
+from slimtrack.tracking.tracker import MlflowTracker
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from mlflow_server import mlflow_server  # noqa: E402 — the test suite's server fixture, reused
@@ -51,7 +52,7 @@ def records_per_sec(uri: str, records: list[TrainingMetrics], spool_dir: Path) -
     """One fresh run: log every record, flush; records / seconds from first log to flush end."""
     mlflow.set_tracking_uri(uri)
     tracker = MlflowTracker.start("bench-logging-capacity", f"capacity-{time.monotonic_ns()}", {},
-                                  spool_dir=spool_dir)
+                                  spool_dir=spool_dir, mlflow_process=start_mlflow_process(10))
     tracker.wait_ready()  # the MLflow process's start-up (~3 s of CPU) is a run's, not delivery's
     started = time.perf_counter()
     for record in records:

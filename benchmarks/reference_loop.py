@@ -3,10 +3,10 @@
     python benchmarks/reference_loop.py [--preset small] [--tokenizer byte|PATH] [--max-chunks 30]
                                         [--out steps.json]
 
-Same model (slimtrack.model.GPT with the preset's ModelConfig), same data (ChunkStream over
+Same model (slimtrack.train.model.GPT with the preset's ModelConfig), same data (ChunkStream over
 the embedded corpus's train split, same tokenizer, batch and sequence length), same
 optimizer (torch AdamW, two param groups, the preset's lr/betas/eps/weight decay, warmup +
-cosine from slimtrack.trainer.learning_rate, grad clip 1.0), F.cross_entropy + argmax
+cosine from slimtrack.train.loop.learning_rate, grad clip 1.0), F.cross_entropy + argmax
 accuracy, the same thread count. No tracking, no dashboards, no samples, no evaluation.
 
 Each step's row has the keys end_to_end.py reads from slimtrack's metrics_history.json
@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from slimtrack.config import Config, build_config
-from slimtrack.data import ChunkStream, SkipStats, iter_documents
-from slimtrack.model import GPT
+from slimtrack.data.chunks import ChunkStream
+from slimtrack.data.documents import SkipStats, iter_documents
+from slimtrack.train.model import GPT
 from slimtrack.native.threads import configure_threads
-from slimtrack.tokenizer import load_tokenizer
-from slimtrack.trainer import learning_rate, resolve_device
+from slimtrack.data.tokenizer import load_tokenizer
+from slimtrack.train.loop import learning_rate, resolve_device
 
 
 def build_model_and_optimizer(config: Config) -> tuple[GPT, torch.optim.Optimizer]:

@@ -22,13 +22,14 @@ import torch
 from common import machine_line, markdown_table
 
 import reference_loop
-from slimtrack.allocator import keep_freed_memory
+from slimtrack.runtime.allocator import keep_freed_memory
 from slimtrack.config import build_config
-from slimtrack.data import ChunkStream, SkipStats, iter_documents
-from slimtrack.model import GPT
+from slimtrack.data.chunks import ChunkStream
+from slimtrack.data.documents import SkipStats, iter_documents
+from slimtrack.train.model import GPT
 from slimtrack.native.threads import configure_threads
-from slimtrack.tokenizer import load_tokenizer
-from slimtrack.trainer import SlimPajamaTrainer
+from slimtrack.data.tokenizer import load_tokenizer
+from slimtrack.train.loop import SlimPajamaTrainer
 
 REFERENCE = "reference loop step"
 

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from slimtrack.errors import UserError
 from slimtrack.metrics import SOURCE_PREFIX
-from slimtrack.viz import VIZ_DIR, samples_from_table
+from slimtrack.dashboard.manager import VIZ_DIR, samples_from_table
 
 SAMPLES_ARTIFACT = f"{VIZ_DIR}/text_samples.json"
 HISTORY_ARTIFACT = f"{VIZ_DIR}/metrics_history.json"
@@ -46,14 +46,14 @@ def _client(tracking_uri: str | None = None) -> MlflowClient:
 
 def _store_name(tracking_uri: str | None) -> str:
     """The store for an error message, without credentials."""
-    from slimtrack.tracking import redact_uri
+    from slimtrack.tracking.uri import redact_uri
 
     return redact_uri(tracking_uri or mlflow.get_tracking_uri())
 
 
 def _store_error(exc: MlflowException, tracking_uri: str | None) -> str:
     """First line of MLflow's message, with the store's credentials (which it quotes) removed."""
-    from slimtrack.tracking import redact_uri
+    from slimtrack.tracking.uri import redact_uri
 
     uri = (tracking_uri or mlflow.get_tracking_uri()).rstrip("/")
     detail = (str(exc).splitlines() or [""])[0].replace(uri, redact_uri(uri))
@@ -271,7 +271,7 @@ def run_samples(run_id: str, tracking_uri: str | None = None) -> list[dict[str, 
 # ---- figures written to files ------------------------------------------------------------------
 def build_report(run_id: str, out: Path | None = None, tracking_uri: str | None = None) -> Path:
     """Rebuild a run's dashboard from the tracking store alone; returns the PNG path."""
-    from slimtrack.plots import build_dashboard, save_png
+    from slimtrack.dashboard.charts import build_dashboard, save_png
 
     run = get_run(run_id, tracking_uri)
     frame = wide_history(run_id, tracking_uri)
@@ -286,7 +286,7 @@ def build_report(run_id: str, out: Path | None = None, tracking_uri: str | None 
 
 def comparison_histories(run_ids: Sequence[str], tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
     """Display name -> wide history of the compared metrics, in the order given."""
-    from slimtrack.compare import COMPARED_METRICS
+    from slimtrack.dashboard.compare import COMPARED_METRICS
 
     runs = [get_run(run_id, tracking_uri) for run_id in run_ids]  # every id checked before any download
     return {name: wide_history(run.info.run_id, tracking_uri, keys=COMPARED_METRICS)
@@ -295,8 +295,8 @@ def comparison_histories(run_ids: Sequence[str], tracking_uri: str | None = None
 
 def write_comparison(run_ids: Sequence[str], out: Path | None = None, tracking_uri: str | None = None) -> Path:
     """Overlay the runs' curves (``slimtrack compare``); returns the PNG path."""
-    from slimtrack.compare import build_comparison
-    from slimtrack.plots import save_png
+    from slimtrack.dashboard.compare import build_comparison
+    from slimtrack.dashboard.charts import save_png
 
     if not run_ids:
         raise UserError("nothing to compare: give run ids or --experiment")

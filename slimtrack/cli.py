@@ -133,18 +133,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         return resume_train(args)
     config = config_from_args(args)
     check_output_dir(config.train.output_dir)
-    from slimtrack.data import validate_dataset  # cheap checks before torch and the model load
-    from slimtrack.tokenizer import load_tokenizer
+    from slimtrack.data.documents import validate_dataset  # cheap checks before torch and the model load
+    from slimtrack.data.tokenizer import load_tokenizer
 
     validate_dataset(config.data.dataset)
     load_tokenizer(config.data.tokenizer)
-    if config.tracking.enabled and os.environ.get("RANK", "0") == "0":  # only rank 0 tracks
-        from slimtrack.mlflow_process import prestart
+    mlflow_process = start_mlflow_process_early(config)  # its MLflow import runs beside ours below
+    from slimtrack.train.session import run_training
 
-        prestart()  # its MLflow import runs beside ours (torch, numba, mlflow) below
-    from slimtrack.session import run_training
+    return exit_code(run_training(config, mlflow_process=mlflow_process))
 
-    return exit_code(run_training(config))
+
+def start_mlflow_process_early(config: Config) -> Any:
+    """The MLflow process, started before this process imports torch and MLflow, for a
+    tracked run's rank 0 (the only rank that tracks); None otherwise."""
+    if not (config.tracking.enabled and config.tracking.mlflow_process and os.environ.get("RANK", "0") == "0"):
+        return None
+    from slimtrack.tracking.process import start_mlflow_process
+
+    return start_mlflow_process(config.runtime.background_nice)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -176,11 +183,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def resume_train(args: argparse.Namespace) -> int:
     from slimtrack.config import config_from_dict
-    from slimtrack.session import find_resume_point, run_training
+    from slimtrack.train.session import find_resume_point, run_training
 
     point = find_resume_point(args.resume)
     config = config_from_dict(point.state["config"], max_chunks=args.max_chunks)
-    return exit_code(run_training(config, resume=point))
+    return exit_code(run_training(config, resume=point, mlflow_process=start_mlflow_process_early(config)))
 
 
 def exit_code(outcome: Any) -> int:
@@ -201,19 +208,20 @@ def cmd_warmup(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from slimtrack.spool import SPOOL_NAME
-    from slimtrack.tracking import MlflowTracker
+    from slimtrack.tracking.spool import SPOOL_NAME, Spool
+    from slimtrack.tracking.tracker import sync
 
-    if not (Path(args.output_dir) / SPOOL_NAME).is_file():
+    spool = Spool(Path(args.output_dir))
+    if not spool.path.is_file():
         raise UserError(f"no {SPOOL_NAME} in {args.output_dir}: nothing to deliver")
-    tracker = MlflowTracker.for_sync(Path(args.output_dir))
-    count = len(tracker.spool)
-    tracker.replay()
-    if tracker.offline:
-        print(f"slimtrack: tracking server still unreachable; {len(tracker.spool)} operations stay "
-              f"spooled in {tracker.spool.path}", file=sys.stderr)
+    ops = spool.read()
+    run_id = next((op.run_id for op in ops if op.run_id), None)
+    delivery = sync(Path(args.output_dir))
+    if delivery.offline:
+        print(f"slimtrack: tracking server still unreachable; {len(spool)} operations stay "
+              f"spooled in {spool.path}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"slimtrack: delivered {count} spooled operations to run {tracker.run_id}")
+    print(f"slimtrack: delivered {len(ops)} spooled operations to run {delivery.run_id or run_id}")
     return EXIT_OK
 
 

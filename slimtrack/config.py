@@ -98,9 +98,27 @@ class TrackingConfig:
     experiment: str = "slimtrack"  # MLflow experiment (ignored when attached via MLFLOW_RUN_ID)
     run_name: str = ""  # "" = a name that says what differs (preset, dataset, kernels, id)
     log_model: bool = True  # False (--no-log-model): no final model export (pt2) into the run
+    log_linger: float = 5.0  # seconds a record may wait to share one MLflow call with the next ones
+    replay_interval: float = 10.0  # offline: seconds between attempts to deliver the spool
+    final_replay_timeout: float = 30.0  # offline at the end: seconds to keep trying before leaving the spool
+    mlflow_process: bool = True  # MLflow's calls run in a child process, off the training process's GIL
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "--experiment must not be empty")
+        for name in ("log_linger", "replay_interval", "final_replay_timeout"):
+            value = getattr(self, name)
+            _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+
+@dataclass
+class RuntimeConfig:
+    background_nice: int = 10  # how much nicer than the training threads the dashboard and MLflow work runs
+    malloc_tuning: bool = True  # glibc keeps the step's freed buffers for the next step (Linux)
+    onednn_linear: bool = True  # native kernels on CPU: the linear layers' products run on oneDNN
+    cuda_fast_launch: bool = True  # CUDA kernels launch through cuda.core instead of numba's dispatcher
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.background_nice <= 19, f"--background-nice must be in [0, 19], got {self.background_nice}")
 
 
 @dataclass
@@ -110,6 +128,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def __post_init__(self) -> None:
         _require(self.data.seq_len <= self.model.block_size,
@@ -128,7 +147,7 @@ class Config:
         """Flat ``section.field -> str`` view, the run's MLflow params (stable names)."""
         # "config.preset", not "preset": `mlflow run` logs its own -P preset (which --test overrides).
         params: dict[str, str] = {"config.preset": self.preset}
-        for section in ("model", "data", "train", "tracking"):
+        for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 params[f"{section}.{key}"] = str(value)
         return params
@@ -167,35 +186,33 @@ def build_config(preset: str = "small", **overrides: Any) -> Config:
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     sections: dict[str, dict[str, Any]] = {name: dict(values) for name, values in PRESETS[preset].items()}
-    for section in ("model", "data", "train", "tracking"):
+    for section in SECTIONS:
         sections.setdefault(section, {})
     for key, value in overrides.items():
         if value is None:
             continue
         section, name = _locate(key)
         sections[section][name] = value
-    return Config(
-        preset=preset,
-        model=ModelConfig(**sections["model"]),
-        data=DataConfig(**sections["data"]),
-        train=TrainConfig(**sections["train"]),
-        tracking=TrackingConfig(**sections["tracking"]),
-    )
+    return _config(preset, sections)
 
 
 def config_from_dict(values: dict[str, Any], **overrides: Any) -> Config:
     """A Config from ``Config.as_dict()`` output (a checkpoint's), then ``overrides``."""
-    sections = {name: dict(values[name]) for name in ("model", "data", "train", "tracking")}
+    sections = {name: dict(values.get(name, {})) for name in SECTIONS}  # older checkpoints lack "runtime"
     for key, value in overrides.items():
         if value is not None:
             section, name = _locate(key)
             sections[section][name] = value
-    return Config(preset=values["preset"], model=ModelConfig(**sections["model"]),
-                  data=DataConfig(**sections["data"]), train=TrainConfig(**sections["train"]),
-                  tracking=TrackingConfig(**sections["tracking"]))
+    return _config(values["preset"], sections)
 
 
-_SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig}
+def _config(preset: str, sections: dict[str, dict[str, Any]]) -> Config:
+    return Config(preset=preset, **{name: cls(**sections[name]) for name, cls in _SECTION_TYPES.items()})
+
+
+_SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig,
+                  "runtime": RuntimeConfig}
+SECTIONS = tuple(_SECTION_TYPES)
 
 
 def _locate(key: str) -> tuple[str, str]:

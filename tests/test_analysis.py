@@ -15,7 +15,7 @@ from mlflow.entities import Metric, Param
 from slimtrack import analysis
 from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics, history_json
-from slimtrack.viz import samples_table
+from slimtrack.dashboard.manager import samples_table
 
 EXPERIMENT = "analysis-test"
 T0 = 1_700_000_000_000  # ms: start times are set explicitly, so durations and order are known

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import torch
 
-from slimtrack.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
+from slimtrack.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
                                   rng_state, save_checkpoint)
 
 

@@ -10,8 +10,8 @@ from mlflow.entities import Metric
 
 from slimtrack import analysis
 from slimtrack.cli import main
-from slimtrack.compare import PANELS, build_comparison
-from slimtrack.plots import MAX_LINE_POINTS
+from slimtrack.dashboard.compare import PANELS, build_comparison
+from slimtrack.dashboard.charts import MAX_LINE_POINTS
 
 EXPERIMENT = "compare-test"
 STEPS = 120

@@ -21,11 +21,12 @@ from slimpajama_fixture import (
     write_parquet,
     write_raw_zst,
 )
-from slimtrack.data import ChunkStream, Document, SkipStats, is_held_out, iter_documents, make_chunks, validate_dataset
-from slimtrack.embedded import DOCS_SET, STDLIB_SET, embedded_entries
+from slimtrack.data.chunks import ChunkStream, make_chunks
+from slimtrack.data.documents import Document, SkipStats, is_held_out, iter_documents, validate_dataset
+from slimtrack.data.embedded import DOCS_SET, STDLIB_SET, embedded_entries
 from slimtrack.errors import DataError, UserError
-from slimtrack.readers import data_files_under
-from slimtrack.tokenizer import ByteTokenizer
+from slimtrack.data.readers import data_files_under
+from slimtrack.data.tokenizer import ByteTokenizer
 
 
 def read_all(dataset, split="train", **shard) -> tuple[list[Document], SkipStats]:

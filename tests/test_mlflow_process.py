@@ -1,4 +1,4 @@
-"""The tracker's deliveries through the MLflow child process (mlflow_process.py), real sqlite store."""
+"""The tracker's deliveries through the MLflow child process (tracking/process.py), real sqlite store."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.mlflow_client import Client
-from slimtrack.mlflow_process import ClientProcess
-from slimtrack.tracking import MlflowTracker
+from slimtrack.tracking.process import SinkProcess, start_mlflow_process
+from slimtrack.tracking.sink import MlflowSink
+from slimtrack.tracking.tracker import MlflowTracker
 
 
 def record(step: int) -> TrainingMetrics:
@@ -28,9 +28,9 @@ def logged_steps(run_id: str, key: str = "loss") -> list[int]:
 
 
 def test_deliveries_go_through_a_child_process_and_its_cpu_is_counted(mlflow_store):
-    tracker = MlflowTracker.start("exp-p", "r", {})
-    assert isinstance(tracker.client, ClientProcess) and not tracker.client.in_process
-    assert tracker.client._child.pid != os.getpid()
+    tracker = MlflowTracker.start("exp-p", "r", {}, mlflow_process=start_mlflow_process(10))
+    assert isinstance(tracker.process, SinkProcess) and not tracker.process.in_process
+    assert tracker.delivery.sink is tracker.process and tracker.process._child.pid != os.getpid()
     assert tracker.wait_ready(timeout=120)  # the child imported MLflow and opened the store
     for step in range(1, 31):
         tracker.log_record(record(step))
@@ -42,33 +42,32 @@ def test_deliveries_go_through_a_child_process_and_its_cpu_is_counted(mlflow_sto
 
 
 def test_an_error_in_the_child_is_raised_in_the_caller(mlflow_store):
-    client = ClientProcess()
+    client = SinkProcess(start_mlflow_process(0))
     try:
         with pytest.raises(MlflowException):
-            client.get_run("no-such-run")
+            client.logged_steps("no-such-run")
         assert not client.in_process  # an MLflow error is an answer: the process lives on
     finally:
         client.close()
 
 
 def test_a_killed_child_falls_back_to_this_process_and_loses_nothing(mlflow_store):
-    tracker = MlflowTracker.start("exp-k", "r", {})
+    tracker = MlflowTracker.start("exp-k", "r", {}, mlflow_process=start_mlflow_process(10))
     for step in range(1, 6):
         tracker.log_record(record(step))
     assert tracker.flush(timeout=60)
-    os.kill(tracker.client._child.pid, signal.SIGKILL)
+    os.kill(tracker.process._child.pid, signal.SIGKILL)
     for step in range(6, 11):
         tracker.log_record(record(step))
     assert tracker.flush(timeout=60)
-    assert tracker.client.in_process and not tracker.offline  # the retry went from this process
+    assert tracker.process.in_process and not tracker.offline  # the retry went from this process
     tracker.finish()
     assert logged_steps(tracker.run_id) == list(range(1, 11))
 
 
-def test_the_process_can_be_switched_off(mlflow_store, monkeypatch):
-    monkeypatch.setenv("SLIMTRACK_MLFLOW_PROCESS", "0")
-    tracker = MlflowTracker.start("exp-o", "r", {})
-    assert type(tracker.client) is Client
+def test_the_process_can_be_switched_off(mlflow_store):
+    tracker = MlflowTracker.start("exp-o", "r", {}, mlflow_process=None)  # tracking.mlflow_process = False
+    assert tracker.process is None and type(tracker.delivery.sink) is MlflowSink
     tracker.log_record(record(1))
     tracker.finish()
     assert logged_steps(tracker.run_id) == [1]
@@ -76,19 +75,16 @@ def test_the_process_can_be_switched_off(mlflow_store, monkeypatch):
 
 def test_a_prestarted_process_is_taken_over_and_follows_this_process_store(mlflow_store, tmp_path, monkeypatch):
     """`slimtrack train` starts the MLflow process before anything else; the tracker takes it
-    over, and its ("ready", uris) points it at the store this process resolved, even when
+    over, and its ready(uris) points it at the store this process resolved, even when
     that is not the one the child was started with."""
     import mlflow
 
-    from slimtrack import mlflow_process
-
-    mlflow_process.prestart()  # started with mlflow_store's URI in the environment
-    child_pid = mlflow_process._prestarted.pid
+    child = start_mlflow_process(10)  # started with mlflow_store's URI in the environment
     other = f"sqlite:///{tmp_path / 'other.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     mlflow.set_tracking_uri(other)
-    tracker = MlflowTracker.start("exp-pre", "r", {})
-    assert tracker.client._child.pid == child_pid and mlflow_process._prestarted is None
+    tracker = MlflowTracker.start("exp-pre", "r", {}, mlflow_process=child)
+    assert tracker.process._child is child
     tracker.log_record(record(1))
     tracker.finish()
     assert sorted(m.step for m in MlflowClient(other).get_metric_history(tracker.run_id, "loss")) == [1]
@@ -96,7 +92,7 @@ def test_a_prestarted_process_is_taken_over_and_follows_this_process_store(mlflo
 
 RACE = """
 import sys, time
-from slimtrack.mlflow_client import Client
+from slimtrack.tracking.client import Client
 uri, start = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))  # both processes open the new file at once
 Client(uri).search_experiments()

@@ -5,8 +5,8 @@ import torch
 
 from slimtrack.config import ModelConfig, TrainConfig
 from slimtrack.metrics import TrainingMetrics, history_frame, history_json, records_from_json
-from slimtrack.model import GPT
-from slimtrack.trainer import compute_loss, learning_rate, loss_sums_by_source
+from slimtrack.train.model import GPT
+from slimtrack.train.loop import compute_loss, learning_rate, loss_sums_by_source
 
 
 def tiny_model(**kw) -> GPT:

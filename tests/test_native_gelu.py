@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from slimtrack.config import ModelConfig
-from slimtrack.model import GPT
+from slimtrack.train.model import GPT
 from slimtrack.native import fused_bias_gelu, fused_gelu
 from slimtrack.native.gelu import gelu_reference
 

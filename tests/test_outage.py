@@ -39,11 +39,12 @@ def test_server_stops_mid_run_and_comes_back(tmp_path: Path):
     out = tmp_path / "out"
     steps = 60
     # The run may end before the server is back: it then keeps retrying for up to this long.
-    env = {**os.environ, "SLIMTRACK_REPLAY_INTERVAL": "1", "SLIMTRACK_FINAL_REPLAY_TIMEOUT": "300"}
+    env = dict(os.environ)
     with mlflow_server(tmp_path / "srv1", **store) as url:
         env["MLFLOW_TRACKING_URI"] = url
         proc = subprocess.Popen([sys.executable, "-m", "slimtrack", "train", "--test", "--kernels", "torch",
-                                 "--max-chunks", str(steps), "--viz-interval", "10", "--output-dir", str(out)],
+                                 "--max-chunks", str(steps), "--viz-interval", "10", "--output-dir", str(out),
+                                 "--replay-interval", "1", "--final-replay-timeout", "300"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         history = out / "training_viz" / "metrics_history.json"
         wait_for(history.is_file, what="the first dashboard")  # step 10 is done and delivered
@@ -67,9 +68,8 @@ def test_sync_delivers_a_spool_whose_server_never_came_back(tmp_path: Path):
     # nobody listens here; the credentials must never show up anywhere
     dead = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
     result = run_cli("train", "--test", "--kernels", "torch", "--max-chunks", "8", "--viz-interval", "4",
-                     "--output-dir", str(out), cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw",
-                          "SLIMTRACK_FINAL_REPLAY_TIMEOUT": "1"})
+                     "--output-dir", str(out), "--final-replay-timeout", "1", cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "slimtrack sync" in result.stderr
     for secret in ("s3cret-pw", "hunter2-pw"):

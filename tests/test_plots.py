@@ -16,8 +16,8 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from slimtrack import plots
-from slimtrack.plots import CHART_TITLES, build_dashboard, save_png
+from slimtrack.dashboard import charts as plots
+from slimtrack.dashboard.charts import CHART_TITLES, build_dashboard, save_png
 
 LOSS, ACCURACY, THROUGHPUT, LR, SCATTER, RECENT, SAMPLES = CHART_TITLES
 
@@ -248,7 +248,7 @@ def test_build_leaves_no_pyplot_figures(dashboard: Figure) -> None:
 
 
 def test_plots_never_imports_pyplot() -> None:
-    code = ("import sys, io; from slimtrack.plots import build_dashboard, save_png; import pandas as pd; "
+    code = ("import sys, io; from slimtrack.dashboard.charts import build_dashboard, save_png; import pandas as pd; "
             "save_png(build_dashboard(pd.DataFrame(), []), io.BytesIO()); "
             "assert 'matplotlib.pyplot' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,9 @@ import threading
 
 import pytest
 
-from slimtrack.priority import background_nice_increment, lower_this_thread_priority
+from slimtrack.config import RuntimeConfig, build_config
+from slimtrack.errors import UserError
+from slimtrack.runtime.priority import lower_this_thread_priority
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 
@@ -47,12 +49,9 @@ def test_increment_zero_changes_nothing() -> None:
     assert returned is None and after == before
 
 
-def test_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-                                              ) -> None:
-    monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "3")
-    assert background_nice_increment() == 3
-    monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "-4")  # never raise a priority
-    assert background_nice_increment() == 0
-    monkeypatch.setenv("SLIMTRACK_BACKGROUND_NICE", "lots")
-    assert background_nice_increment() == 10
-    assert "SLIMTRACK_BACKGROUND_NICE='lots' is not an integer" in caplog.text
+def test_the_setting_is_a_config_field_logged_with_the_run() -> None:
+    assert build_config("test", background_nice=3).as_params()["runtime.background_nice"] == "3"
+    with pytest.raises(UserError, match="background-nice"):  # never raise a priority
+        RuntimeConfig(background_nice=-4)
+    with pytest.raises(UserError, match="background-nice"):
+        RuntimeConfig(background_nice=20)

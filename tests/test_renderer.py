@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from slimtrack.renderer import DashboardRenderer
+from slimtrack.dashboard.renderer import DashboardRenderer
 
 
 def frame(steps: int) -> pd.DataFrame:
@@ -77,9 +77,9 @@ def test_the_training_process_never_imports_matplotlib(tmp_path):
     of CPU under the import lock and the GIL) used to stall the run's first dashboard step."""
     script = (
         "import sys\n"
-        "from slimtrack.viz import VisualizationManager\n"
-        "from slimtrack.tracking import MlflowTracker\n"  # what the training process imports
-        "from slimtrack.renderer import DashboardRenderer\n"
+        "from slimtrack.dashboard.manager import VisualizationManager\n"
+        "from slimtrack.tracking.tracker import MlflowTracker\n"  # what the training process imports
+        "from slimtrack.dashboard.renderer import DashboardRenderer\n"
         "import tests.test_renderer as t\n"
         "renderer = DashboardRenderer()\n"
         f"renderer.render(t.frame(20), t.SAMPLES, {str(tmp_path / 'a.png')!r})\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slimtrack.errors import UserError
-from slimtrack.tokenizer import EOS_MARKER, ByteTokenizer, HuggingFaceTokenizer, Tokenizer, load_tokenizer, pad_vocab_size
+from slimtrack.data.tokenizer import EOS_MARKER, ByteTokenizer, HuggingFaceTokenizer, Tokenizer, load_tokenizer, pad_vocab_size
 
 UNICODE_TEXT = "naïve café — 東京 🚀 ✓\n\tend"
 

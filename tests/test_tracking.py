@@ -9,8 +9,13 @@ import numpy as np
 from mlflow import MlflowClient
 
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.mlflow_client import Client, open_encoded_png
-from slimtrack.tracking import EXPERIMENT_KIND, MlflowTracker, NullTracker, redact_uri
+from slimtrack.tracking import NullTracker
+from slimtrack.tracking.client import Client, open_encoded_png
+from slimtrack.tracking.delivery import Delivery
+from slimtrack.tracking.operations import RunRef, StartRun
+from slimtrack.tracking.sink import EXPERIMENT_KIND, MlflowSink
+from slimtrack.tracking.tracker import MlflowTracker
+from slimtrack.tracking.uri import redact_uri
 
 
 def record(step: int) -> TrainingMetrics:
@@ -35,7 +40,7 @@ def test_every_record_lands_once_per_step(mlflow_store):
                 "loss_by_source/PythonDocs"):
         steps = [m.step for m in client.get_metric_history(tracker.run_id, key)]
         assert sorted(steps) == list(range(1, 301)), key
-    experiment = client.get_experiment(tracker.experiment_id)
+    experiment = client.get_experiment(tracker.delivery.run.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == EXPERIMENT_KIND
 
 
@@ -54,7 +59,7 @@ def test_params_never_clash_with_existing_ones(mlflow_store):
         del os.environ["MLFLOW_RUN_ID"]
     params = client.get_run(run_id).data.params
     assert params == {"max_chunks": "100", "train.lr": "0.001"}
-    assert tracker.started_here is False
+    assert tracker.delivery.run.started_here is False
 
 
 def test_resume_never_relogs_a_step(mlflow_store):
@@ -65,7 +70,7 @@ def test_resume_never_relogs_a_step(mlflow_store):
     tracker.finish("KILLED")
     resumed = MlflowTracker.start("ignored", "", {}, resume_run_id=tracker.run_id)
     assert MlflowClient().get_run(tracker.run_id).info.status == "RUNNING"
-    assert resumed.last_logged["loss"] == 3 and resumed.last_logged["accuracy"] == 4
+    assert resumed.delivery.last_steps["loss"] == 3 and resumed.delivery.last_steps["accuracy"] == 4
     for step in (2, 3, 4, 5):
         resumed.log_record(record(step))
     resumed.finish()
@@ -133,18 +138,20 @@ def test_an_encoded_png_saved_another_way_is_encoded_for_real(tmp_path):
 
 def test_a_failing_store_spools_and_never_raises_into_training(mlflow_store, tmp_path):
     tracker = MlflowTracker.start("exp-e", "r", {}, spool_dir=tmp_path / "spool")
-    real_run = tracker.run_id
-    tracker.run_id = "no-such-run"  # every delivery now fails on the worker thread
-    tracker.retry_attempts = 1
+    real_run = tracker.delivery.run
+    tracker.delivery.run = RunRef("no-such-run", real_run.experiment_id, True)  # every delivery now fails
+    tracker.delivery.retry_attempts = 1
     tracker.log_record(record(1))
     tracker.log_record(record(2))
     assert tracker.flush(timeout=30)
-    assert tracker.offline and len(tracker.spool) >= 1
-    tracker.run_id = real_run  # "the server is back"
-    spooled = tracker.spool.read()
-    tracker.spool.clear()
-    tracker.spool.append([{k: v for k, v in op.items() if k != "run_id"} for op in spooled])
-    assert tracker.replay() == len(spooled)
+    spool = tracker.delivery.spool
+    assert tracker.offline and len(spool) >= 1
+    tracker.delivery.run = real_run  # "the server is back"
+    spooled = spool.read()
+    for op in spooled:
+        op.run_id = None
+    spool.rewrite(spooled)
+    assert tracker.delivery.replay() == len(spooled)
     tracker.finish()
     steps = sorted(m.step for m in MlflowClient().get_metric_history(real_run, "loss"))
     assert steps == [1, 2]
@@ -154,13 +161,12 @@ def test_a_start_replayed_after_a_partial_failure_reopens_its_run(mlflow_store):
     """A start op that created its run and then failed (e.g. sqlite locked by another
     writer) is retried or spooled and replayed: applying it again must reopen that run,
     never create a second one with the same name."""
-    tracker = MlflowTracker(Client(), None)
-    op = {"op": "start", "experiment": "exp-start", "run_name": "once", "tags": {"t": "1"},
-          "resume_run_id": None, "attach_run_id": None}
-    tracker._apply(op)
-    first = tracker.run_id
-    tracker._apply(op)  # what a retry or a spool replay does with the same op
-    assert tracker.run_id == first and tracker.started_here
+    delivery = Delivery(MlflowSink(Client()), None)
+    op = StartRun(experiment="exp-start", run_name="once", run_key="k1", tags={"t": "1"})
+    delivery.deliver(op)
+    first = delivery.run_id
+    delivery.deliver(op)  # what a retry or a spool replay does with the same op
+    assert delivery.run_id == first and delivery.run.started_here
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("exp-start").experiment_id])
     assert [r.info.run_id for r in runs] == [first]

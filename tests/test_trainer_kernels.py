@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slimtrack.config import build_config
-from slimtrack.session import run_training
+from slimtrack.train.session import run_training
 
 STEPS = 20
 # Both paths are fp32 on CPU; they differ in summation order (numba's per-row reductions vs

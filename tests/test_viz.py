@@ -7,7 +7,7 @@ import time
 
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.tracking import NullTracker
-from slimtrack.viz import MAX_PENDING_RENDERS, VisualizationManager
+from slimtrack.dashboard.manager import MAX_PENDING_RENDERS, VisualizationManager
 
 
 def record(step: int) -> TrainingMetrics:
@@ -72,7 +72,7 @@ def test_export_now_and_restore_continue_a_history(tmp_path):
 
 
 def test_history_export_is_throttled_between_renders_and_complete_at_the_end(tmp_path, monkeypatch):
-    import slimtrack.viz as viz_module
+    import slimtrack.dashboard.manager as viz_module
     monkeypatch.setattr(viz_module, "HISTORY_EXPORT_SHARE", 1e-9)  # after one export, the next is "too soon"
     viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=5)
     history = tmp_path / "training_viz" / "metrics_history.json"

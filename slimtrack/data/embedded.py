@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from slimtrack.errors import UserError
-from slimtrack.readers import Document, Shard, SkipStats, document_from_record
+from slimtrack.data.readers import Document, Shard, SkipStats, document_from_record
 
 STDLIB_SET = "PythonStdlibSource"
 DOCS_SET = "PythonDocs"

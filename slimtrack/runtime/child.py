@@ -21,7 +21,7 @@ import pickle
 import subprocess
 import sys
 import threading
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 
 class ChildGone(ConnectionError):
@@ -33,12 +33,12 @@ class ChildProcess:
     (a lock), so several threads may ask. An error raised in the child is raised again by
     ``ask``; a dead child raises :class:`ChildGone` then and for every later request."""
 
-    def __init__(self, module: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, module: str, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
         self.module = module
         self._lock = threading.Lock()
         try:
             self._process: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [sys.executable, "-m", module, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 env={**os.environ, **(env or {})})
         except OSError as exc:
             raise ChildGone(f"{module}: cannot start a process ({exc})") from exc

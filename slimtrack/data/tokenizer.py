@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from slimtrack.errors import UserError
-from slimtrack.hub import hub_offline_reason
+from slimtrack.data.hub import hub_offline_reason
 
 VOCAB_MULTIPLE = 64
 EOS_MARKER = "<|endoftext|>"

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from slimtrack.metrics import MetricHistory, TrainingMetrics
-from slimtrack.priority import lower_this_thread_priority
-from slimtrack.renderer import DashboardRenderer
+from slimtrack.runtime.priority import lower_this_thread_priority
+from slimtrack.tracking.protocol import Tracker
+from slimtrack.dashboard.renderer import DashboardRenderer
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def samples_from_table(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class VisualizationManager:
-    def __init__(self, output_dir: Path, tracker: Any, viz_interval: int) -> None:
+    def __init__(self, output_dir: Path, tracker: Tracker, viz_interval: int, background_nice: int = 10) -> None:
         self.dir = Path(output_dir) / VIZ_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tracker = tracker
@@ -76,7 +77,8 @@ class VisualizationManager:
         self._export_lock = threading.Lock()
         self._exported_step = 0  # metrics_history.json on disk covers steps up to this one
         self._next_history_export = 0.0  # time.monotonic() before which a render skips it
-        self._renderer = DashboardRenderer()  # its child process starts (and warms up) now
+        self.background_nice = background_nice
+        self._renderer = DashboardRenderer(background_nice=background_nice)  # its child starts (and warms up) now
         self._closed = False
         self._cond = threading.Condition()
         self._worker = threading.Thread(target=self._render_forever, name="slimtrack-viz", daemon=True)
@@ -171,7 +173,7 @@ class VisualizationManager:
 
     # ---- worker thread ------------------------------------------------------------------------
     def _render_forever(self) -> None:
-        lower_this_thread_priority()  # exports must not preempt the training threads (priority.py)
+        lower_this_thread_priority(self.background_nice)  # exports must not preempt the training threads
         while True:
             with self._cond:
                 while not self._pending and not self._closed:

@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from slimtrack.plots import AVERAGE_WINDOW, decimate, moving_average
+from slimtrack.dashboard.charts import AVERAGE_WINDOW, decimate, moving_average
 
 COMPARED_METRICS = ("loss", "accuracy", "tokens_per_sec", "learning_rate")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",

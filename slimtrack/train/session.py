@@ -27,21 +27,23 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from slimtrack import __version__
-from slimtrack.allocator import keep_freed_memory
-from slimtrack.checkpoint import (latest_checkpoint, load_checkpoint, restore_rng_state, rng_state,
+from slimtrack.runtime.allocator import keep_freed_memory
+from slimtrack.train.checkpoint import (latest_checkpoint, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
 from slimtrack.config import Config
-from slimtrack.data import ChunkStream, SkipStats, iter_documents, validate_dataset
-from slimtrack.distributed import World, barrier, init_world, shutdown
+from slimtrack.data.chunks import ChunkStream
+from slimtrack.data.documents import SkipStats, iter_documents, validate_dataset
+from slimtrack.train.distributed import World, barrier, init_world, shutdown
 from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.model import GPT
+from slimtrack.train.model import GPT
 from slimtrack.native.threads import configure_threads, cpu_description
-from slimtrack.tokenizer import load_tokenizer
-from slimtrack.trainer import (LoopHooks, NonFiniteLossError, SlimPajamaTrainer, default_output_dir,
+from slimtrack.data.tokenizer import load_tokenizer
+from slimtrack.train.loop import (LoopHooks, NonFiniteLossError, SlimPajamaTrainer, default_output_dir,
                                resolve_device)
-from slimtrack.notracking import NullTracker
-from slimtrack.viz import VisualizationManager
+from slimtrack.runtime.child import ChildProcess
+from slimtrack.tracking import NullTracker, Tracker
+from slimtrack.dashboard.manager import VisualizationManager
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
 
     return {
         "slimtrack.preset": config.preset, "slimtrack.dataset": config.data.dataset,
-        "slimtrack.tokenizer": config.data.tokenizer, "slimtrack.kernels": config.train.kernels,
+        "slimtrack.data.tokenizer": config.data.tokenizer, "slimtrack.kernels": config.train.kernels,
         "slimtrack.device": str(device), "slimtrack.threads": str(threads),
         "slimtrack.version": __version__, "torch.version": torch.__version__,
         "numba.version": numba.__version__, "numba.threading_layer": str(numba.config.THREADING_LAYER),
@@ -84,12 +86,19 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
 
 
 def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None,
-                 spool_dir: Path) -> Any:
+                 spool_dir: Path, mlflow_process: ChildProcess | None) -> Tracker:
     if not config.tracking.enabled:
         return NullTracker()
-    from slimtrack.tracking import MlflowTracker
-    return MlflowTracker.start(config.tracking.experiment, run_name, tags, resume_run_id=resume_run_id,
-                               spool_dir=spool_dir)
+    from slimtrack.tracking.process import start_mlflow_process
+    from slimtrack.tracking.tracker import MlflowTracker, TrackerSettings
+
+    tracking = config.tracking
+    if tracking.mlflow_process and mlflow_process is None:
+        mlflow_process = start_mlflow_process(config.runtime.background_nice)
+    settings = TrackerSettings(tracking.log_linger, tracking.replay_interval, tracking.final_replay_timeout,
+                               config.runtime.background_nice)
+    return MlflowTracker.start(tracking.experiment, run_name, tags, settings=settings, resume_run_id=resume_run_id,
+                               spool_dir=spool_dir, mlflow_process=mlflow_process if tracking.mlflow_process else None)
 
 
 class StopFlag:
@@ -136,7 +145,7 @@ class WorkerHooks(LoopHooks):
 class ConsoleAndTrackingHooks(LoopHooks):
     """After each step: MLflow (non-blocking), dashboard bookkeeping, progress bar, log line."""
 
-    def __init__(self, config: Config, tracker: Any, viz: VisualizationManager, skips: SkipStats,
+    def __init__(self, config: Config, tracker: Tracker, viz: VisualizationManager, skips: SkipStats,
                  save: Any, stop: StopFlag) -> None:
         self.config, self.tracker, self.viz, self.skips, self.save = config, tracker, viz, skips, save
         self.stop = stop
@@ -199,13 +208,13 @@ class Job:
     stream: ChunkStream
     val_chunks: list[Any]
     skips: SkipStats
-    tracker: Any
+    tracker: Tracker
     viz: VisualizationManager
     trainer: SlimPajamaTrainer
     output_dir: Path
 
 
-def setup(config: Config, resume: ResumePoint | None) -> Job:
+def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProcess | None = None) -> Job:
     threads = configure_threads(config.train.num_threads or None)
     keep_freed_memory()  # the step's buffers are reused instead of page-faulted in each step
     seed_everything(config.train.seed)
@@ -225,10 +234,11 @@ def setup(config: Config, resume: ResumePoint | None) -> Job:
         tags = ({**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
                 if config.tracking.enabled else {})
         tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
-                               output_dir)
-        viz = VisualizationManager(output_dir, tracker, config.train.viz_interval)
+                               output_dir, mlflow_process)
+        viz = VisualizationManager(output_dir, tracker, config.train.viz_interval, config.runtime.background_nice)
     else:  # only rank 0 talks to MLflow and writes files
-        tracker, viz = NullTracker(), None
+        tracker: Tracker = NullTracker()
+        viz = None
 
     try:
         skips = SkipStats()
@@ -285,9 +295,13 @@ def checkpoint_state(job: Job, step: int) -> dict[str, Any]:
     }
 
 
-def run_training(config: Config, resume: ResumePoint | None = None) -> RunOutcome:
-    """Train as configured (or continue ``resume``) and leave a complete run."""
-    job = setup(config, resume)
+def run_training(config: Config, resume: ResumePoint | None = None,
+                 mlflow_process: ChildProcess | None = None) -> RunOutcome:
+    """Train as configured (or continue ``resume``) and leave a complete run.
+
+    ``mlflow_process``: an MLflow process started earlier (``start_mlflow_process``), which
+    the tracker takes over; without it, the tracker starts one when the config asks for it."""
+    job = setup(config, resume, mlflow_process)
 
     def save(step: int) -> None:
         if job.world.is_main:
@@ -362,7 +376,7 @@ def _finish(job: Job, hooks: LoopHooks, status: str, save: Any, save_final: bool
         return
     hooks.bar.close()
     job.viz.close()
-    if status == "FINISHED" and job.config.tracking.log_model and hasattr(tracker, "log_model"):
+    if status == "FINISHED" and job.config.tracking.enabled and job.config.tracking.log_model:
         # [2, T] token ids: with a batch of 1, torch.export specialises the batch dimension
         # to 1 (and warns); with 2 it stays dynamic, so the logged model takes any batch.
         example = np.zeros((2, job.config.data.seq_len), dtype=np.int64)

@@ -4,7 +4,7 @@ A render is ~0.5 s of mostly-Python matplotlib work. On a thread of the training
 it holds the GIL for most of that time, and the training thread, which takes the GIL back
 after every torch op, waits for it again and again: on 2 cores a render cost the loop
 ~0.7-1 s of wall time, against ~0.5 s from a child process (docs/benchmarks.md). The
-child (``python -m slimtrack.renderer``, see child.py) has its own interpreter and GIL,
+child (``python -m slimtrack.dashboard.renderer``, see child.py) has its own interpreter and GIL,
 and runs at the background priority (priority.py).
 
 One child per run. It keeps one ``plots.Dashboard``, and warms it up (matplotlib's import,
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from slimtrack.child import ChildGone, ChildProcess, serve
+from slimtrack.runtime.child import ChildGone, ChildProcess, serve
 from slimtrack.metrics import dashboard_columns
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,12 @@ class DashboardRenderer:
     """``render(frame, samples, png_path)`` in a child process, or in the caller's thread
     when that process is unavailable. ``wait_ready`` may be called from another thread."""
 
-    def __init__(self, use_process: bool = True) -> None:
+    def __init__(self, use_process: bool = True, background_nice: int = 10) -> None:
         self._child: ChildProcess | None = None
         self._local: Any = None  # a Dashboard of our own once we render in-process
         if use_process:
             try:
-                self._child = ChildProcess("slimtrack.renderer")
+                self._child = ChildProcess("slimtrack.dashboard.renderer", args=[str(background_nice)])
             except ChildGone as exc:
                 log.warning("dashboard process unavailable (%s); rendering in-process", exc)
 
@@ -61,7 +62,7 @@ class DashboardRenderer:
         if self._ask(("render", frame, list(samples), str(png_path))):
             return
         if self._local is None:
-            from slimtrack.plots import Dashboard
+            from slimtrack.dashboard.charts import Dashboard
 
             self._local = Dashboard()
         _save(self._local, frame, samples, str(png_path))
@@ -87,15 +88,15 @@ class DashboardRenderer:
 
 
 # ---- in the child ------------------------------------------------------------------------------
-def main() -> None:
+def main(background_nice: int) -> None:
     """Warm up, then answer ("render", frame, samples, path), which draws a PNG, and
     ("ping",), which only answers, until the input ends."""
-    from slimtrack.plots import Dashboard
-    from slimtrack.priority import lower_this_thread_priority
+    from slimtrack.dashboard.charts import Dashboard
+    from slimtrack.runtime.priority import lower_this_thread_priority
 
     dashboard = Dashboard()
     _save(dashboard, pd.DataFrame(), [], io.BytesIO())  # the first real render then costs what later ones do
-    lower_this_thread_priority()  # after the warm-up: niced, it dragged on into the first ~30 steps
+    lower_this_thread_priority(background_nice)  # after the warm-up, which then ends before the first steps
 
     def answer(request: tuple) -> None:
         if request[0] == "render":
@@ -105,10 +106,10 @@ def main() -> None:
 
 
 def _save(dashboard: Any, frame: pd.DataFrame, samples: Sequence[dict[str, Any]], target: Any) -> None:
-    from slimtrack.plots import save_png
+    from slimtrack.dashboard.charts import save_png
 
     save_png(dashboard.update(frame, samples), target)
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from slimtrack.config import Config, TrainConfig
-from slimtrack.distributed import ReducedStep, World, reduce_step
+from slimtrack.train.distributed import ReducedStep, World, reduce_step
 from slimtrack.metrics import TrainingMetrics
 
 IGNORE_INDEX = -100

@@ -1,0 +1,133 @@
+"""Token stream -> chunks: one chunk is B rows of T+1 tokens, one optimizer step.
+
+``ChunkStream`` tokenises documents lazily, in order, and cuts the flat token stream
+into chunks; ``make_chunks`` builds the stream of one dataset split.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import numpy as np
+
+from slimtrack.data.documents import iter_documents
+from slimtrack.data.readers import Document, SkipStats
+from slimtrack.data.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch is imported where chunks are built, so the CLI's early checks stay fast
+    import torch
+
+
+@dataclass
+class Chunk:
+    index: int  # 0-based position in the stream (one chunk = one optimizer step)
+    tokens: torch.Tensor  # [B, T+1] int64; inputs tokens[:, :-1], targets tokens[:, 1:]
+    sources: torch.Tensor  # [B, T+1] int64 index into ChunkStream.source_names
+
+
+class ChunkStream:
+    """Documents -> tokens (EOS after each document) -> chunks of B rows of T+1 tokens.
+
+    The flat token stream is cut into consecutive, non-overlapping rows of T+1 tokens:
+    row b+1 continues where row b ends, and row 0 of chunk k+1 where row B-1 of chunk k
+    ends. Each token carries its document's source id (EOS the id of the document it
+    ends). Documents are tokenised lazily, in order; the tokens that do not fill a last
+    complete chunk are dropped.
+
+    The stream is consumed once: iterating again continues where it stopped, and
+    ``skip(n)`` drops the next n chunks (resume). ``max_chunks`` ends the stream once
+    chunk index ``max_chunks - 1`` has been produced or skipped.
+    """
+
+    def __init__(self, documents: Iterable[Document], tokenizer: Tokenizer, batch_size: int, seq_len: int,
+                 *, max_chunks: int | None = None):
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
+        self.batch_size, self.seq_len, self.max_chunks = batch_size, seq_len, max_chunks
+        self.source_names: list[str] = []
+        self.documents_read = 0
+        self.tokens_read = 0
+        self._documents = iter(documents)
+        self._encode = getattr(tokenizer, "encode_array", None) or (lambda text: np.asarray(tokenizer.encode(text)))
+        self._eos = np.array([tokenizer.eos_id], dtype=np.int64)
+        self._source_ids: dict[str, int] = {}
+        self._pending: deque[tuple[np.ndarray, int]] = deque()  # (tokens, source id) pieces in order
+        self._pending_tokens = 0
+        self._next_index = 0
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.batch_size * (self.seq_len + 1)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        import torch
+
+        while self._has_next():
+            tokens, sources = self._take(self.tokens_per_chunk)
+            shape = (self.batch_size, self.seq_len + 1)
+            chunk = Chunk(self._next_index, torch.from_numpy(tokens).view(shape), torch.from_numpy(sources).view(shape))
+            self._next_index += 1
+            yield chunk
+
+    def skip(self, n: int) -> None:
+        """Advance past the next n chunks exactly as iterating would, without building them."""
+        for _ in range(n):
+            if not self._has_next():
+                return
+            self._take(self.tokens_per_chunk, build=False)
+            self._next_index += 1
+
+    def _has_next(self) -> bool:
+        if self.max_chunks is not None and self._next_index >= self.max_chunks:
+            return False
+        while self._pending_tokens < self.tokens_per_chunk:
+            document = next(self._documents, None)
+            if document is None:
+                return False
+            self._push(document)
+        return True
+
+    def _push(self, document: Document) -> None:
+        source_id = self._source_ids.get(document.source)
+        if source_id is None:
+            source_id = self._source_ids[document.source] = len(self.source_names)
+            self.source_names.append(document.source)
+        tokens = self._encode(document.text)
+        self._pending.append((tokens, source_id))
+        self._pending.append((self._eos, source_id))
+        self._pending_tokens += len(tokens) + 1
+        self.documents_read += 1
+        self.tokens_read += len(tokens) + 1
+
+    def _take(self, count: int, build: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Remove the next ``count`` tokens from the front of the pending pieces."""
+        token_parts, source_ids, lengths = [], [], []
+        needed = count
+        while needed:
+            tokens, source_id = self._pending[0]
+            if len(tokens) <= needed:
+                self._pending.popleft()
+            else:  # a view, so a long document is never copied more than once
+                self._pending[0] = (tokens[needed:], source_id)
+                tokens = tokens[:needed]
+            token_parts.append(tokens)
+            source_ids.append(source_id)
+            lengths.append(len(tokens))
+            needed -= len(tokens)
+        self._pending_tokens -= count
+        if not build:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        tokens = np.concatenate(token_parts).astype(np.int64, copy=False)
+        sources = np.repeat(np.asarray(source_ids, dtype=np.int64), lengths)
+        return tokens, sources
+
+
+def make_chunks(dataset: str, split: str, tokenizer: Tokenizer, batch_size: int, seq_len: int, *,
+                max_chunks: int | None = None, rank: int = 0, world_size: int = 1) -> tuple[ChunkStream, SkipStats]:
+    """The chunk stream of a dataset split and the SkipStats it fills while being read."""
+    skips = SkipStats()
+    documents = iter_documents(dataset, split, skips, rank=rank, world_size=world_size)
+    return ChunkStream(documents, tokenizer, batch_size, seq_len, max_chunks=max_chunks), skips
+

@@ -1,0 +1,6 @@
+"""Process plumbing: child processes, background priority, the allocator.
+
+- ``child.py``: ``ChildProcess`` / ``serve``: pickled requests to a ``python -m`` child.
+- ``priority.py``: background threads and processes run nicer than the training threads.
+- ``allocator.py``: glibc keeps the step's freed buffers for the next step.
+"""

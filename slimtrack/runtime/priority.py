@@ -1,0 +1,38 @@
+"""Background work at a lower CPU priority than the training threads.
+
+On a CPU run the training step keeps every core busy: torch's OpenMP team (and numba's
+kernels on it) spins between parallel regions. A background thread that wakes up at the
+default priority (a dashboard render, an MLflow delivery) preempts one of the team's
+threads, and the whole team waits for it at the next barrier. A higher nice value lets
+the step run first while the background work still gets a share of a contended core;
+at the highest nice values it can starve until the run ends.
+
+Linux only (a thread is a task with its own nice value there); elsewhere, or with an
+increment of 0 (``--background-nice 0``), a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+MAX_NICE = 19
+
+
+def lower_this_thread_priority(increment: int) -> int | None:
+    """Raise the calling thread's nice value by ``increment``.
+
+    Returns the thread's new nice value, or None where nothing changed (not Linux,
+    increment 0, or the system refused). Raising a nice value needs no privilege; only
+    this thread changes, never the process or the training threads."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return None
+    thread = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        target = min(MAX_NICE, current + increment)
+        os.setpriority(os.PRIO_PROCESS, thread, target)
+    except OSError:
+        return None
+    return target

@@ -1,0 +1,74 @@
+"""Client: the MlflowClient the sink uses, in the MLflow process or in this one.
+
+It adds two things to MlflowClient: a sqlite store is opened under a file lock (two
+processes open a run's store at about the same time), and ``log_png`` stores a PNG
+file as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Any, Iterator
+
+import mlflow
+from mlflow import MlflowClient
+
+
+class Client(MlflowClient):
+    """``MlflowClient`` and the few things the tracker adds (the same in either process)."""
+
+    def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
+        # MlflowClient opens its tracking store here; for sqlite that creates the tables of a
+        # new file, which the MLflow process may be doing at the same moment (see below).
+        with store_creation_lock(tracking_uri or mlflow.get_tracking_uri()):
+            super().__init__(tracking_uri, registry_uri)
+
+    def log_png(self, run_id: str, path: str, key: str, step: int) -> None:
+        """A PNG file as a step-indexed image (the UI's step slider), stored as it is."""
+        with open_encoded_png(path) as image:
+            self.log_image(run_id, image, key=key, step=step, synchronous=True)
+
+
+@contextlib.contextmanager
+def store_creation_lock(tracking_uri: str) -> Iterator[None]:
+    """Held while a sqlite store is opened: one process at a time creates a new file's tables.
+
+    ``slimtrack train`` opens the store twice at about the same time (the MLflow process
+    and the training process), and two processes creating a new file's tables at once
+    collide. An exclusive ``flock`` on the database file serialises them; sqlite's own
+    locks are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores,
+    files that cannot be opened (MLflow then reports the problem) and file systems
+    without ``flock`` run without it."""
+    path = tracking_uri[len("sqlite:///"):].split("?")[0] if tracking_uri.startswith("sqlite:///") else None
+    with contextlib.ExitStack() as held:
+        try:
+            import fcntl
+
+            if path:
+                handle = held.enter_context(open(path, "ab"))  # "ab": creates it, never truncates
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        except (ImportError, OSError):
+            pass
+        yield
+
+
+def open_encoded_png(path: str) -> Any:
+    """The PNG at ``path`` as a PIL image that ``log_image`` can take without re-encoding it.
+
+    ``log_image`` saves the image it is given as PNG, plus a small WebP thumbnail; decoding
+    the dashboard and encoding it again would cost CPU to write the same pixels. This
+    image is opened lazily (the header only): saving it as PNG copies the file's bytes,
+    and anything else (the thumbnail's resize, another format) decodes it as usual."""
+    from PIL import PngImagePlugin
+
+    class EncodedPng(PngImagePlugin.PngImageFile):
+        def save(self, fp: Any, format: str | None = None, **params: Any) -> None:
+            as_is = not params and format in (None, "PNG", "png") and isinstance(fp, (str, os.PathLike)) \
+                and str(fp).lower().endswith(".png")
+            if not as_is:
+                return super().save(fp, format, **params)
+            shutil.copyfile(path, fp)
+
+    return EncodedPng(path)

@@ -1,0 +1,165 @@
+"""SinkProcess: the MLflow sink's calls made in a child process, off the training process's GIL.
+
+MLflow's client is SQLAlchemy and HTTP code in Python. Made on a thread of the training
+process, it takes the GIL in switch-interval slices, and the training thread, which
+takes the GIL back after every torch op, waits each time. The child (``python -m
+slimtrack.tracking.process``, runtime/child.py) has its own interpreter and GIL and
+runs at the background priority; the training process only pickles operations.
+
+``start_mlflow_process`` starts the child; ``slimtrack train`` calls it first thing, so
+the child's MLflow import runs beside the training process's own imports, and hands the
+child to the run. :class:`SinkProcess` has the :class:`~operations.Sink` methods, each
+one request to the child. When the child cannot start, or dies, the calls are made in
+this process from then on (the call that found it dead raises, so the delivery's retry
+decides about it, as for a network error). This module imports MLflow only in the child
+or once the child is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from slimtrack.runtime.child import ChildGone, ChildProcess
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogMetrics, LogParams, RunRef, SetTag,
+                                           Sink, StartRun)
+
+log = logging.getLogger(__name__)
+
+CHILD_MODULE = "slimtrack.tracking.process"
+# MLflow's own HTTP retries (minutes by default) would hold a delivery long after the
+# store went away; slimtrack retries and spools itself. A user's own settings win.
+HTTP_POLICY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def apply_http_policy() -> None:
+    """Set ``HTTP_POLICY`` in this process's environment where the user set nothing."""
+    for name, value in HTTP_POLICY.items():
+        os.environ.setdefault(name, value)
+
+
+def start_mlflow_process(background_nice: int) -> ChildProcess | None:
+    """Start the MLflow process now, ``background_nice`` nicer than this one; None when it
+    cannot start (the sink then works in this process)."""
+    try:
+        return ChildProcess(CHILD_MODULE, args=[str(background_nice)], env={**HTTP_POLICY, **os.environ})
+    except ChildGone as exc:
+        log.warning("MLflow process unavailable (%s); deliveries go from this process", exc)
+        return None
+
+
+class SinkProcess:
+    """A :class:`Sink` whose calls run in the MLflow process (or here, once it is gone)."""
+
+    def __init__(self, child: ChildProcess | None) -> None:
+        self._child = child if child is not None and child.alive else None
+        self._local: Sink | None = None  # an MlflowSink in this process, once the child is gone
+        self._cpu_at_ready: float | None = None  # the child's CPU once it had opened the store
+
+    @property
+    def in_process(self) -> bool:
+        return self._child is None or not self._child.alive
+
+    def ready(self, tracking_uri: str, registry_uri: str) -> None:
+        """Wait until the child has imported MLflow and opened this store (once, left out
+        of ``cpu_seconds``). The child follows the store this process resolved."""
+        self._ask("ready", (tracking_uri, registry_uri))
+        if not self.in_process:
+            self._cpu_at_ready = self._child.cpu_seconds()
+
+    def cpu_seconds(self) -> float:
+        """The child's CPU time since it was ready: what the deliveries cost it."""
+        if self.in_process or self._cpu_at_ready is None:
+            return 0.0
+        return max(0.0, self._child.cpu_seconds() - self._cpu_at_ready)
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.close()
+
+    # ---- the Sink methods ----------------------------------------------------------------------
+    def start_run(self, op: StartRun) -> RunRef:
+        return self._ask("start_run", op)
+
+    def log_metrics(self, op: LogMetrics) -> None:
+        self._ask("log_metrics", op)
+
+    def log_params(self, op: LogParams) -> None:
+        self._ask("log_params", op)
+
+    def log_artifact(self, op: LogArtifact) -> None:
+        self._ask("log_artifact", op)
+
+    def log_image(self, op: LogImage) -> None:
+        self._ask("log_image", op)
+
+    def set_tag(self, op: SetTag) -> None:
+        self._ask("set_tag", op)
+
+    def end_run(self, op: EndRun) -> None:
+        self._ask("end_run", op)
+
+    def logged_steps(self, run_id: str) -> dict[str, int]:
+        return self._ask("logged_steps", run_id)
+
+    def _ask(self, method: str, argument: Any) -> Any:
+        if not self.in_process:
+            try:
+                return self._child.ask((method, argument))
+            except ChildGone as exc:
+                log.warning("MLflow process died (%s); deliveries go from this process from now on", exc)
+                raise
+        if method == "ready":
+            return None
+        if self._local is None:
+            from slimtrack.tracking.client import Client
+            from slimtrack.tracking.sink import MlflowSink
+
+            self._local = MlflowSink(Client())
+        return _SINK_METHODS[method](self._local, argument)
+
+
+_SINK_METHODS = {
+    "start_run": lambda sink, op: sink.start_run(op),
+    "log_metrics": lambda sink, op: sink.log_metrics(op),
+    "log_params": lambda sink, op: sink.log_params(op),
+    "log_artifact": lambda sink, op: sink.log_artifact(op),
+    "log_image": lambda sink, op: sink.log_image(op),
+    "set_tag": lambda sink, op: sink.set_tag(op),
+    "end_run": lambda sink, op: sink.end_run(op),
+    "logged_steps": lambda sink, run_id: sink.logged_steps(run_id),
+}
+
+
+# ---- in the child ------------------------------------------------------------------------------
+def main(background_nice: int) -> None:
+    import mlflow
+
+    from slimtrack.runtime.child import serve
+    from slimtrack.runtime.priority import lower_this_thread_priority
+    from slimtrack.tracking.client import Client
+    from slimtrack.tracking.sink import MlflowSink
+
+    # The store the environment names: the usual case. The parent's "ready" names the
+    # store it resolved; a different one is opened then.
+    uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    sink = MlflowSink(Client(*uris))
+    lower_this_thread_priority(background_nice)  # deliveries wait a little rather than preempt the step
+
+    def answer(request: tuple[str, Any]) -> Any:
+        nonlocal sink, uris
+        method, argument = request
+        if method == "ready":
+            if tuple(argument) != uris:
+                uris = tuple(argument)
+                sink = MlflowSink(Client(*uris))
+            return None
+        return _SINK_METHODS[method](sink, argument)
+
+    serve(answer)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

@@ -1,0 +1,82 @@
+"""MlflowSink: each tracking operation as MLflow client calls (one method per operation).
+
+It runs where the calls are made: in the MLflow process (process.py) or, when that is
+off or gone, in the training process. It keeps no state of the run; what was delivered
+is the delivery's business (delivery.py).
+"""
+
+from __future__ import annotations
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+from slimtrack.tracking.client import Client
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogMetrics, LogParams, RunRef, SetTag,
+                                           StartRun)
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI opens the experiment in Model-training mode
+RUN_KEY_TAG = "slimtrack.run_key"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+MAX_PARAMS_PER_BATCH = 100
+
+
+class MlflowSink:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def start_run(self, op: StartRun) -> RunRef:
+        client = self.client
+        run_id = op.resume_run_id or op.attach_run_id
+        if run_id:
+            run = client.get_run(run_id)
+            experiment_id = run.info.experiment_id
+            if run.info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+        else:
+            found = client.get_experiment_by_name(op.experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(op.experiment)
+            run_id = self._run_with_key(experiment_id, op.run_key)
+            if run_id is None:
+                tags = {RUN_KEY_TAG: op.run_key} if op.run_key else {}
+                run_id = client.create_run(experiment_id, run_name=op.run_name or None, tags=tags).info.run_id
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in op.tags.items()])
+        started_here = bool(op.resume_run_id) or not op.attach_run_id
+        return RunRef(run_id, experiment_id, started_here)
+
+    def _run_with_key(self, experiment_id: str, run_key: str) -> str | None:
+        """The run an earlier delivery of the same start operation created, if any."""
+        if not run_key:
+            return None
+        runs = self.client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_metrics(self, op: LogMetrics) -> None:
+        metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in op.points]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(op.run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+
+    def log_params(self, op: LogParams) -> None:
+        existing = self.client.get_run(op.run_id).data.params
+        fresh = [Param(k, v) for k, v in op.params.items() if k not in existing]
+        for start in range(0, len(fresh), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(op.run_id, params=fresh[start:start + MAX_PARAMS_PER_BATCH])
+
+    def log_artifact(self, op: LogArtifact) -> None:
+        self.client.log_artifact(op.run_id, op.path, op.artifact_path)
+
+    def log_image(self, op: LogImage) -> None:
+        self.client.log_png(op.run_id, op.path, key=op.key, step=op.step)
+
+    def set_tag(self, op: SetTag) -> None:
+        self.client.set_tag(op.run_id, op.key, op.value)
+
+    def end_run(self, op: EndRun) -> None:
+        self.client.set_terminated(op.run_id, status=RunStatus.to_string(RunStatus.from_string(op.status)))
+
+    def logged_steps(self, run_id: str) -> dict[str, int]:
+        """Each key's last step in the store. A kill or an outage can land between two
+        ``log_batch`` calls, so the last step differs between keys."""
+        run = self.client.get_run(run_id)
+        # RunData keeps each key's latest point (its highest step); .metrics holds values only.
+        return {metric.key: metric.step for metric in run.data._metric_objs}

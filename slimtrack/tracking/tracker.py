@@ -1,0 +1,208 @@
+"""MlflowTracker: the Tracker of a tracked run (rank 0), built from the tracking parts.
+
+The training thread turns each call into an operation (operations.py) and hands it to
+the worker (worker.py); it never waits on MLflow. The worker batches the operations
+(batching.py) and hands them to the delivery (delivery.py), which applies them to the
+sink in the MLflow process (process.py, sink.py) and spools them while the store is
+away. The run itself is opened from this process before the worker starts, so the run
+exists (or the store's error is known) when training begins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimtrack.metrics import TrainingMetrics
+from slimtrack.runtime.child import ChildProcess
+from slimtrack.tracking.delivery import Delivery
+from slimtrack.tracking.operations import EndRun, LogArtifact, LogImage, LogMetrics, LogParams, SetTag, StartRun
+from slimtrack.tracking.process import SinkProcess, apply_http_policy
+from slimtrack.tracking.protocol import TrackingCost
+from slimtrack.tracking.spool import Spool
+from slimtrack.tracking.uri import redact_text, redact_uri
+from slimtrack.tracking.worker import DeliveryWorker
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a param value
+
+
+def say(message: str) -> None:
+    print(f"slimtrack: {redact_text(message)}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How the tracker batches, replays and yields (TrackingConfig's delivery fields)."""
+
+    log_linger: float = 5.0  # seconds a record may wait to share a log_batch with the next ones
+    replay_interval: float = 10.0  # offline: seconds between attempts to replay the spool
+    final_replay_timeout: float = 30.0  # at the end of an offline run: seconds to keep trying
+    background_nice: int = 10  # how much nicer than the training threads the worker runs
+
+
+class MlflowTracker:
+    """Non-blocking, outage-proof MLflow logging for one run."""
+
+    def __init__(self, delivery: Delivery, settings: TrackerSettings, process: SinkProcess | None) -> None:
+        self.delivery = delivery
+        self.settings = settings
+        self.process = process  # the MLflow process's sink, once the run is open
+        self.worker = DeliveryWorker(delivery, linger=settings.log_linger, replay_interval=settings.replay_interval,
+                                     background_nice=settings.background_nice, before_first=self._open_process)
+        self._table_paths: list[str] = []
+        self._caller_seconds = 0.0  # training-thread seconds inside log_metrics
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, tags: dict[str, str], *,
+              settings: TrackerSettings = TrackerSettings(), resume_run_id: str | None = None, spool_dir: Path | None = None,
+              mlflow_process: ChildProcess | None = None) -> "MlflowTracker":
+        """Attach to MLFLOW_RUN_ID (``mlflow run``), reopen ``resume_run_id``, or create a run
+        in ``experiment``. With ``spool_dir``, a store unreachable at start is survived too:
+        the run is created when the spool is replayed. With ``mlflow_process``, deliveries
+        go through that child; without it, they are made in this process."""
+        from slimtrack.tracking.client import Client
+        from slimtrack.tracking.sink import MlflowSink
+
+        apply_http_policy()
+        delivery = Delivery(MlflowSink(Client()), Spool(spool_dir) if spool_dir else None, say=say)
+        delivery.send([StartRun(experiment=experiment, run_name=run_name, run_key=secrets.token_hex(8), tags=tags,
+                                resume_run_id=resume_run_id, attach_run_id=os.environ.get("MLFLOW_RUN_ID"))])
+        process = SinkProcess(mlflow_process) if mlflow_process is not None else None
+        if process is not None:
+            delivery.sink = process
+        return cls(delivery, settings, process)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.delivery.run_id
+
+    @property
+    def offline(self) -> bool:
+        return self.delivery.offline
+
+    # ---- the Tracker calls (each returns at once) ----------------------------------------------
+    def log_params(self, params: dict[str, str]) -> None:
+        self.worker.put(LogParams(params={k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}))
+
+    def log_record(self, record: TrainingMetrics) -> None:
+        self.log_metrics(record.as_metrics(), record.step, timestamp=record.timestamp)
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp: float | None = None) -> None:
+        started = time.perf_counter()
+        millis = int((timestamp or time.time()) * 1000)
+        points = [(key, float(value), millis, step) for key, value in metrics.items()
+                  if step > self.delivery.last_steps.get(key, 0)]  # resumed: never log a step twice
+        if points:
+            self.worker.put(LogMetrics(points=points))
+        self._caller_seconds += time.perf_counter() - started
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        self.worker.put(LogArtifact(path=str(local_path), artifact_path=artifact_path))
+
+    def log_image(self, png_path: Path, key: str, step: int) -> None:
+        self.worker.put(LogImage(path=str(png_path), key=key, step=step))
+
+    def log_table_file(self, local_path: Path, artifact_path: str) -> None:
+        """Upload a file already in MLflow's table format and register it as a table.
+
+        ``mlflow.log_table`` downloads and concatenates the existing file on every call
+        (quadratic over a run); uploading the file and listing it in the
+        ``mlflow.loggedArtifacts`` tag gives the UI the same table view."""
+        artifact_file = f"{artifact_path}/{Path(local_path).name}"
+        if artifact_file not in self._table_paths:
+            self._table_paths.append(artifact_file)
+        self.log_artifact(local_path, artifact_path)
+        self.worker.put(SetTag(key="mlflow.loggedArtifacts",
+                             value=json.dumps([{"path": p, "type": "table"} for p in self._table_paths])))
+
+    def log_model(self, model: Any, input_example: Any) -> None:
+        """The final model into the run (model_export.py), once everything before it is delivered."""
+        from slimtrack.tracking.model_export import log_pt2_model
+
+        self.flush()
+        if self.offline or self.run_id is None:
+            say("tracking server unreachable: the final model is not logged (the checkpoints hold it)")
+            return
+        try:
+            log_pt2_model(self.run_id, model, input_example)
+        except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
+            log.error("mlflow: could not log the final model: %s", redact_text(str(exc)))
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """Block until deliveries can start (the MLflow process has opened the store): a
+        benchmark times deliveries without that one-off; a run never waits for it."""
+        return self.worker.wait_ready(timeout)
+
+    def flush(self, timeout: float = 300.0) -> bool:
+        """Wait until everything logged so far is delivered or spooled; False on timeout."""
+        return self.worker.flush(timeout)
+
+    def cost(self) -> TrackingCost:
+        cpu = self.worker.cpu_seconds + (self.process.cpu_seconds() if self.process is not None else 0.0)
+        return TrackingCost(cpu, self._caller_seconds)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Deliver (or spool) everything and end the run: a run this process started, or
+        any run that did not finish."""
+        self.flush()
+        self.worker.stop()
+        run = self.delivery.run
+        if run is None or run.started_here or status != "FINISHED":
+            self.delivery.send([EndRun(status=status)])
+        self._final_replay()
+        if self.process is not None:
+            self.process.close()
+
+    def _final_replay(self) -> None:
+        timeout = self.settings.final_replay_timeout
+        if not self.offline:
+            return
+        say(f"tracking server unreachable at the end of the run; retrying for up to {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while self.delivery.replay() == 0 and self.offline and time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        spool = self.delivery.spool
+        if self.offline and spool is not None:
+            say(f"{len(spool)} tracking operations are still spooled in {spool.path}; "
+                f"deliver them with: slimtrack sync {spool.path.parent}")
+
+    def ui_hint(self) -> str:
+        """How to open this run in the MLflow UI (Model-training mode)."""
+        import mlflow
+
+        run = self.delivery.run
+        if run is None:
+            return "(the run is created when the spool is delivered: slimtrack sync)"
+        uri = mlflow.get_tracking_uri()
+        path = f"#/experiments/{run.experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
+        if uri.startswith(("http://", "https://")):
+            return f"{redact_uri(uri).rstrip('/')}/{path}"
+        return f"mlflow ui --backend-store-uri {redact_uri(uri)}  then open http://127.0.0.1:5000/{path}"
+
+    def _open_process(self) -> None:
+        """On the worker, before the first delivery: the MLflow process opens this process's store."""
+        if self.process is not None:
+            import mlflow
+
+            self.process.ready(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+
+
+def sync(spool_dir: Path) -> Delivery:
+    """Deliver the spool a run left in ``spool_dir`` (``slimtrack sync``), from this process."""
+    from slimtrack.tracking.client import Client
+    from slimtrack.tracking.sink import MlflowSink
+
+    apply_http_policy()
+    delivery = Delivery(MlflowSink(Client()), Spool(spool_dir), say=say)
+    delivery.offline = True
+    delivery.replay()
+    return delivery
