@@ -14,7 +14,8 @@ CUDA version (``@cuda.jit``), with a plain torch reference beside them:
   backward pass) is a numba kernel between torch's batched matmuls. CPU float32 and
   short sequences only; elsewhere it runs torch's SDPA (flash attention).
 - ``onednn_linear(x, w, b)``: F.linear whose forward and input-gradient products run on oneDNN
-  (torch's bundled library, not numba), faster than MKL's at fp32 on CPU; elsewhere F.linear.
+  (torch's bundled library, not numba), which on some CPUs beats MKL's fp32 products for
+  these shapes (docs/benchmarks.md); elsewhere F.linear.
 
 CUDA modules are imported lazily: importing this package never needs a GPU.
 """

@@ -12,8 +12,8 @@ The kernels read each element of (param, grad, exp_avg, exp_avg_sq) once and wri
 three of them once; all the parameters of a device go through one kernel call
 ("multi-tensor": per-call overhead would dominate the many small LayerNorm and bias
 tensors of a GPT). They multiply by 1/sqrt(1 - beta2**t) where torch divides, a
-last-bit difference: a second divide per element cost 7-14% on 2 CPU cores while the
-tensors fit in cache (0.1M parameters), nothing once memory-bound (3M, 10M).
+last-bit difference that saves a second divide per element: it shows while the tensors
+fit in cache, not once the update is memory-bound (docs/benchmarks.md).
 
 State per parameter is torch's: ``step`` (float32 0-dim CPU tensor), ``exp_avg``,
 ``exp_avg_sq``; state dicts load into and from torch.optim.AdamW. The host keeps a
@@ -145,9 +145,9 @@ class FusedAdamW(torch.optim.Optimizer):
         self._slots = {}
 
     # torch wraps these four in torch._disable_dynamo, whose first call imports
-    # torch._dynamo: ~3 s of every process's start on this machine. FusedAdamW is never
-    # traced by torch.compile (its step is a numba kernel), so it calls the methods
-    # underneath the wrapper; torch._dynamo stays unimported unless something compiles.
+    # torch._dynamo, a large part of a process's start. FusedAdamW is never traced by
+    # torch.compile (its step is a numba kernel), so it calls the methods underneath
+    # the wrapper; torch._dynamo stays unimported unless something compiles.
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
         try:

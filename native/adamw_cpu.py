@@ -1,16 +1,16 @@
 """Fused AdamW on the CPU: one numba pass over every parameter of a step.
 
 Multi-tensor design. A GPT has a few big matrices and many small vectors (LayerNorm
-weights, biases). Calling a parallel kernel once per tensor costs ~20 us of dispatch
-per call (numpy views, argument unboxing, waking the thread pool), which is more than
-the work on a 256-element bias. So the host gathers, for all tensors of a step:
+weights, biases). Calling a parallel kernel once per tensor pays a fixed dispatch
+cost per call (numpy views, argument unboxing, waking the thread pool), which is more
+than the work on a small bias. So the host gathers, for all tensors of a step:
 
     ptrs     (n_tensors, 4) int64    addresses of param, exp_avg, exp_avg_sq, grad
     scalars  (n_tensors, 7) float32  the step's scalars (columns below)
     chunks   (n_chunks, 3)  int64    (tensor, first element, length) work items
 
 and one ``prange`` over the chunks does the whole step. Big tensors are cut into
-chunks so both cores share them; small tensors are one chunk each. The tables are
+chunks so all threads share them; small tensors are one chunk each. The tables are
 what the CUDA kernel (adamw_cuda.py) reads too, so the layout lives here.
 
 The addresses are raw pointers into torch's memory (no copies): the caller
@@ -42,8 +42,8 @@ INV_BC2_SQRT = 5  # 1 / sqrt(1 - beta2 ** step)  (a multiply; torch divides, see
 EPS = 6  # eps
 N_SCALARS = 7
 
-# Elements per work item: 32 Ki floats = 128 KiB per stream, the four streams of a
-# chunk fit the 1 MiB L2. Measured 16 Ki..256 Ki: flat within noise on 2 cores.
+# Elements per work item: 32 Ki floats = 128 KiB per stream, so the four streams of a
+# chunk fit a 1 MiB L2 cache.
 CPU_CHUNK = 1 << 15
 
 
@@ -96,7 +96,8 @@ def adamw_multi_tensor_cpu(ptrs, scalars, chunks):
 def write_steps(step_ptrs, steps):
     # step_ptrs: (n_tensors,) int64   addresses of the state["step"] tensors (float32, 0-dim, CPU)
     # steps:     (n_tensors,) float32 their new values
-    # One call instead of a torch op per tensor (or a ~30 us _foreach_add_).
+    # One call instead of a torch op per tensor (or a _foreach_add_, whose dispatch
+    # costs more than these few writes).
     for t in range(step_ptrs.shape[0]):
         numba.carray(_f32_ptr(step_ptrs[t]), 1)[0] = steps[t]
 

@@ -7,10 +7,10 @@ elements. The kernel reads and writes torch's memory in place through the addres
 (no copies), on torch's current stream, and nothing here waits for the GPU: the
 per-step tables go up through pinned memory with non_blocking copies.
 
-Why pointers and not one launch per tensor: numba's launch path costs tens of
-microseconds per call (argument boxing, ``as_cuda_array``), while the whole AdamW
-update of a 10M-parameter model is ~0.1 ms of HBM traffic; one launch per tensor of
-a GPT (~50 tensors) would be launch-bound.
+Why pointers and not one launch per tensor: numba's launch path has a fixed host
+cost per call (argument boxing, ``as_cuda_array``) of the same order as the memory
+traffic of a small model's whole AdamW update, so one launch per tensor of a GPT
+(dozens of tensors) would be launch-bound.
 
 Under NUMBA_ENABLE_CUDASIM=1 the loads and stores become ctypes accesses to host
 memory, so the same kernel runs in the simulator on numpy arrays' addresses.
@@ -34,8 +34,8 @@ from .adamw_cpu import (BETA2, DECAY, EPS, EXP_AVG, EXP_AVG_SQ, GRAD, INV_BC2_SQ
                         chunk_table)
 from .cuda_launch import CudaKernel, torch_stream
 
-# 8 Ki elements per chunk and 256 threads per block: a 10M-parameter model gives
-# ~1.3K blocks, enough to keep every SM of an H100/H200 streaming.
+# 8 Ki elements per chunk and 256 threads per block: a 10M-parameter model gives over a
+# thousand chunks (10M / 8 Ki), several per SM even on a large GPU.
 CUDA_CHUNK = 1 << 13
 THREADS = 256
 ILP = 4  # elements in flight per thread: 16 independent loads before the first store

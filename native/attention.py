@@ -5,13 +5,13 @@
 
 The four matrix products run as torch batched matmuls on contiguous [B*H, T, D] blocks;
 the causal softmax between them and its backward pass are the numba kernels in
-attention_cpu.py. On this VM's CPU torch's own path (``scaled_dot_product_attention``,
-a flash-attention kernel) runs its small per-block products well below what one big
-batched matmul gets (~35 GFLOP/s, a third, on the 2026-11-26 host), and its backward pass
-recomputes the scores; at the small preset's shape this path's forward + backward is
-1.1-1.4x faster, by host: least where torch has AVX-512 kernels (docs/benchmarks.md).
-The price is memory: it keeps the attention weights, B*H*T*T floats per layer (4 MiB at
-the small preset), for the backward pass, where flash attention keeps one float per row.
+attention_cpu.py. On CPU, torch's own path (``scaled_dot_product_attention``, a
+flash-attention kernel) runs many small per-block products, which reach a fraction of
+what one big batched matmul gets, and its backward pass recomputes the scores; at the
+small preset's shape this path's forward + backward is faster, least where torch has
+AVX-512 kernels (docs/benchmarks.md has the figures per host).
+The price is memory: it keeps the attention weights, B*H*T*T floats per layer, for the
+backward pass, where flash attention keeps one float per row.
 
 So the fused path runs only where that is cheap: CPU float32 tensors whose weights fit
 in ``MAX_SCORES_BYTES``. Everything else (CUDA, where flash attention is far ahead;
@@ -61,8 +61,8 @@ def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def _to_heads(x: torch.Tensor, n_head: int, parts: int) -> torch.Tensor:
     """[B, T, parts*C] -> [parts, B*H, T, D], contiguous: one copy (parts = 3 for q|k|v).
-    Batched matmul on the strided [B, H, T, D] views instead copies them anyway, and runs
-    ~5x slower (measured)."""
+    Batched matmul on the strided [B, H, T, D] views instead copies them anyway, and is
+    slower than this one copy."""
     B, T, width = x.shape
     D = width // parts // n_head
     return x.reshape(B, T, parts, n_head, D).permute(2, 0, 3, 1, 4).reshape(parts, B * n_head, T, D)

@@ -1,7 +1,7 @@
 """Causal softmax over attention scores, and its backward pass: the CPU kernels (numba).
 
 attention.py does the four matrix products of attention with torch's batched matmul
-(oneDNN/MKL, ~130 GFLOP/s on this VM's two cores) and hands the part between them to
+(oneDNN/MKL, blocked kernels no numba loop matches) and hands the part between them to
 these kernels, one pass over each score row:
 
     forward:   P[i, j] = exp(scale * (S[i, j] - m_i)) / sum_j' exp(...)   for j <= i, else 0
@@ -36,6 +36,7 @@ def _exp_and_sum(row, m, scale):
 
 @numba.njit(fastmath=FM_POLY, cache=True)
 def _multiply(row, c):
+    # row: [n] float32, scaled by c in place.
     for j in range(row.shape[0]):
         row[j] *= c
 
@@ -59,6 +60,7 @@ def causal_softmax_forward(scores, scale):
 
 @numba.njit(fastmath=FM_SUM, cache=True)
 def _dot(a, b):
+    # a, b: [n] float32; returns their dot product (float32).
     total = _F(0.0)
     for j in range(a.shape[0]):
         total += a[j] * b[j]
@@ -67,7 +69,7 @@ def _dot(a, b):
 
 @numba.njit(fastmath=FM_POLY, cache=True)
 def _softmax_grad(p, dp, dot, scale):
-    # dp <- scale * p * (dp - dot), elementwise over the prefix.
+    # p, dp: [n] float32 (a row's causal prefix); dp <- scale * p * (dp - dot), elementwise.
     for j in range(p.shape[0]):
         dp[j] = scale * p[j] * (dp[j] - dot)
 

@@ -1,9 +1,10 @@
 """float32 math that LLVM vectorises, shared by the CPU kernels.
 
 numba's ``np.exp`` / ``math.tanh`` call scalar libm functions (numba's PyPI build has
-no SVML), which LLVM cannot vectorise: about 5x slower per element here than the
-plain-arithmetic versions below. Everything is float32: numba types Python floats as
-float64, so every constant is wrapped in ``np.float32``.
+no SVML), which LLVM cannot vectorise, so a loop over them runs one element at a time;
+the plain-arithmetic versions below vectorise, several times faster per element
+(docs/benchmarks.md). Everything is float32: numba types Python floats as float64, so
+every constant is wrapped in ``np.float32``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def exp_nonpos(d):
 
 
 # inline="always" (numba's own inlining): called through an ordinary function, the loop
-# around it stayed scalar (~4x slower).
+# around it stays scalar.
 @numba.njit(fastmath=FM_POLY, inline="always")
 def tanh(u):
     """tanh(u) for float32 u, from exp(-2|u|): absolute error ~1e-7 (NaN stays NaN)."""
@@ -94,7 +95,7 @@ def maxnum(typingctx, a, b):
     """IEEE maxNum (llvm.maxnum.f32): exact, no fast-math; NaN operands are skipped.
 
     Unlike ``a if a > b else b`` LLVM vectorises a maxnum reduction without being
-    allowed to assume "no NaNs" (about 2x faster per element here).
+    allowed to assume "no NaNs".
     """
     if a != types.float32 or b != types.float32:
         return None

@@ -9,12 +9,12 @@
 CPU float32 tensors run the numba kernel in gelu_cpu.py; it saves dy/dx (instead of x)
 for the backward pass, so memory is the same as torch's. With ``inplace`` it also
 allocates no more than torch does (dy/dx is its one new tensor, where torch's is y):
-on this VM every fresh buffer's page faults cost as much as the arithmetic. autograd
+a fresh buffer's page faults can cost as much as the arithmetic. autograd
 still checks the in-place write: if anything saved ``h`` for its backward pass, that
 backward pass raises instead of reading the overwritten values. Everything else (CUDA tensors,
 other dtypes) runs torch's GELU: on CUDA it is already one fused kernel per direction,
-and a numba launch (~0.1-0.2 ms of host time even through cuda_launch.CudaKernel, see
-docs/benchmarks.md) would cost more than the op itself.
+and a numba launch's host time, even through cuda_launch.CudaKernel, would cost more
+than the op itself (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def fused_bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     matmul (contiguous CPU float32, not a view, nothing else saved it); bias: [F].
 
     ``nn.Linear`` with a bias runs addmm, which first copies the bias into every row of its
-    output (a full [N, F] write, ~2 ms at the small preset's MLP) and then multiplies;
+    output (a full [N, F] write) and then multiplies;
     here the bias joins the GELU's one pass, and the backward pass sums the bias gradient in
     the same pass as ``grad * dy/dx``, where addmm's backward reads the gradient again. Other
     inputs run ``F.gelu(h + bias)``.

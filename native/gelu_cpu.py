@@ -6,7 +6,7 @@
 torch evaluates tanh twice per element (in gelu and again in gelu_backward) and reads
 x twice; this kernel evaluates it once, writes y and dy/dx, and the backward pass is a
 single multiply ``grad * dy/dx``. tanh is ``float32_math.tanh``, which LLVM vectorises
-(numba's ``math.tanh`` is a scalar libm call: ~9x slower here).
+(numba's ``math.tanh`` is a scalar libm call; see float32_math.py).
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ RECENT_STEPS = 500
 SAMPLE_ROWS = 5
 SAMPLE_TEXT_CHARS = 60
 # A chart is ~450 px wide (a third of 18 in at 100 dpi, less margins): 1000 points is about
-# a minimum and a maximum per pixel column. More points only cost drawing time (~20 % of a
-# render at 2000 line / 5000 scatter points); the scatter's 2000 already cover its area.
+# a minimum and a maximum per pixel column. More points only cost drawing time; the
+# scatter's 2000 already cover its area.
 MAX_LINE_POINTS = 1000
 MAX_SCATTER_POINTS = 2000
 
@@ -78,7 +78,8 @@ def prepare_frame(frame: pd.DataFrame) -> pd.DataFrame:
     if np.isnan(columns["step"]).any():
         df = df[df["step"].notna()]
     steps = df["step"].to_numpy()
-    # The usual case (strictly increasing steps) skips the sort: it dominates at 1M rows.
+    # The usual case (strictly increasing steps) skips the sort, which would dominate on a
+    # long history.
     if len(steps) > 1 and not (np.diff(steps) > 0).all():
         df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
     return df.reset_index(drop=True)
@@ -118,8 +119,8 @@ def shorten(text: Any, limit: int = SAMPLE_TEXT_CHARS) -> str:
 class Dashboard:
     """The seven charts of :data:`CHART_TITLES`, built once and redrawn with new data.
 
-    Creating the axes, their ticks and the colour bar is about half of a fresh render, and
-    none of it depends on the data. A Dashboard creates them once; each :meth:`update`
+    Creating the axes, their ticks and the colour bar is a large part of a fresh render,
+    and none of it depends on the data. A Dashboard creates them once; each :meth:`update`
     removes the previous data artists (lines, notes, legends, the table), draws the new
     ones and autoscales again, so a reused Dashboard draws exactly what a fresh one would
     (a test compares the pixels). Not thread-safe: one thread owns one Dashboard (the
@@ -129,8 +130,8 @@ class Dashboard:
     def __init__(self, figsize: tuple[float, float] = (18.0, 12.0), dpi: float = 100.0) -> None:
         self.figure = fig = Figure(figsize=figsize, dpi=dpi)
         FigureCanvasAgg(fig)
-        # A fixed grid with explicit spacing: constrained layout (+55 % render time) and
-        # tight_layout (+25 %) measure every text again on each render.
+        # A fixed grid with explicit spacing: constrained layout and tight_layout measure
+        # every text again on each render, a large share of its time.
         grid = fig.add_gridspec(
             3, 3, height_ratios=(1.0, 1.0, 0.75),
             left=0.06, right=0.95, bottom=0.02, top=0.91, hspace=0.42, wspace=0.3,
@@ -209,10 +210,10 @@ def save_png(fig: Figure, path_or_buffer: str | os.PathLike | IO[bytes], dpi: fl
     """Write the figure as an RGB PNG through the Agg canvas (never pyplot).
 
     The figure is opaque, so the alpha channel savefig writes carries nothing, and it
-    costs: encoding RGBA took 47 ms against 36 for RGB (1800x1200), and the thumbnail
-    MLflow's log_image makes (decode + resize, in the MLflow process) 50 ms against 26,
-    since PIL premultiplies alpha to resize. zlib level 1 encodes ~3x faster than the
-    default 6 (~8 % of a render) for a file ~10 % larger."""
+    costs time twice: encoding RGBA is slower than RGB, and so is the thumbnail MLflow's
+    log_image makes (decode + resize, in the MLflow process), since PIL premultiplies
+    alpha to resize. zlib level 1 encodes several times faster than the default level 6
+    for a slightly larger file (docs/benchmarks.md)."""
     from PIL import Image  # matplotlib's own dependency
 
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)

@@ -1,6 +1,6 @@
 """Several runs in one figure: loss, accuracy, throughput and learning rate overlaid.
 
-Pure like ``plots.py``: metric frames in, a matplotlib Figure with an Agg canvas out; no
+Pure like ``charts.py``: metric frames in, a matplotlib Figure with an Agg canvas out; no
 MLflow, no files, no pyplot. ``analysis.write_comparison`` reads the runs and saves the
 PNG; ``slimtrack compare`` and the analysis notebook both use it.
 

@@ -1,15 +1,15 @@
 """DashboardRenderer: the dashboard drawn in a child process, so it never holds our GIL.
 
-A render is ~0.5 s of mostly-Python matplotlib work. On a thread of the training process
-it holds the GIL for most of that time, and the training thread, which takes the GIL back
-after every torch op, waits for it again and again: on 2 cores a render cost the loop
-~0.7-1 s of wall time, against ~0.5 s from a child process (docs/benchmarks.md). The
-child (``python -m slimtrack.dashboard.renderer``, see child.py) has its own interpreter and GIL,
-and runs at the background priority (priority.py).
+A render is mostly-Python matplotlib work. On a thread of the training process it holds
+the GIL for most of that time, and the training thread, which takes the GIL back after
+every torch op, waits for it again and again, so a render costs the loop more wall time
+there than from a child process (docs/benchmarks.md). The child
+(``python -m slimtrack.dashboard.renderer``, see ``slimtrack.runtime.child``) has its own
+interpreter and GIL, and runs at the background priority (``slimtrack.runtime.priority``).
 
-One child per run. It keeps one ``plots.Dashboard``, and warms it up (matplotlib's import,
-the axes, the fonts: ~1 s of CPU once) as soon as it starts, at normal priority, while the
-run sets up; then it lowers its priority. If the child cannot start or dies, the caller's
+One child per run. It keeps one ``charts.Dashboard``, and warms it up (matplotlib's import,
+the axes, the fonts: a one-off CPU cost) as soon as it starts, at normal priority, while
+the run sets up; then it lowers its priority. If the child cannot start or dies, the caller's
 thread renders instead (``in_process``), and the run goes on.
 """
 
@@ -55,8 +55,8 @@ class DashboardRenderer:
 
     def render(self, frame: pd.DataFrame, samples: Sequence[dict[str, Any]], png_path: Path) -> None:
         """Draw the dashboard of ``frame`` (TrainingMetrics rows) and ``samples`` into ``png_path``."""
-        # Only what the charts read crosses the pipe. Never import plots.py here: matplotlib's
-        # import (~0.5 s of CPU, holding the GIL) would stall the training thread at the run's
+        # Only what the charts read crosses the pipe. Never import charts.py here: matplotlib's
+        # import (CPU work that holds the GIL) would stall the training thread at the run's
         # first dashboard; the child has it imported already.
         frame = frame[dashboard_columns(frame)]
         if self._ask(("render", frame, list(samples), str(png_path))):
