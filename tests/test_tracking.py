@@ -153,7 +153,7 @@ def test_a_failing_store_spools_and_never_raises_into_training(mlflow_store, tmp
     spool.rewrite(spooled)
     assert tracker.delivery.replay() == len(spooled)
     tracker.finish()
-    steps = sorted(m.step for m in MlflowClient().get_metric_history(real_run, "loss"))
+    steps = sorted(m.step for m in MlflowClient().get_metric_history(real_run.run_id, "loss"))
     assert steps == [1, 2]
 
 

@@ -38,20 +38,28 @@ def store_creation_lock(tracking_uri: str) -> Iterator[None]:
     ``slimtrack train`` opens the store twice at about the same time (the MLflow process
     and the training process), and two processes creating a new file's tables at once
     collide. An exclusive ``flock`` on the database file serialises them; sqlite's own
-    locks are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores,
-    files that cannot be opened (MLflow then reports the problem) and file systems
-    without ``flock`` run without it."""
+    locks are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores
+    and file systems without ``flock`` run without it. A sqlite file this process cannot
+    open for writing raises :class:`StoreError` at once (MLflow itself would retry for
+    minutes before saying so)."""
     path = tracking_uri[len("sqlite:///"):].split("?")[0] if tracking_uri.startswith("sqlite:///") else None
     with contextlib.ExitStack() as held:
-        try:
-            import fcntl
-
-            if path:
+        if path:
+            try:
                 handle = held.enter_context(open(path, "ab"))  # "ab": creates it, never truncates
+            except OSError as exc:
+                raise StoreError(f"cannot write the sqlite store {path}: {exc.strerror or exc}") from None
+            try:
+                import fcntl
+
                 fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
-        except (ImportError, OSError):
-            pass
+            except (ImportError, OSError):
+                pass
         yield
+
+
+class StoreError(Exception):
+    """The tracking store cannot be used at all (as opposed to a server that is away)."""
 
 
 def open_encoded_png(path: str) -> Any:

@@ -26,10 +26,17 @@ from slimtrack.tracking.uri import redact_text
 log = logging.getLogger(__name__)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line (MLflow's messages carry whole tracebacks and SQL)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class Delivery:
     def __init__(self, sink: Sink, spool: Spool | None, *, retry_attempts: int = 3, retry_delay: float = 0.5,
-                 say: Callable[[str], None] = print) -> None:
+                 say: Callable[[str], None] = print, remote: bool = True) -> None:
         self.sink = sink
+        self.remote = remote  # a tracking server (away = unreachable), or a local store (away = failing)
+        self.store = ""  # the store's URI, for messages
         self.spool = spool
         self.retry_attempts = retry_attempts
         self.retry_delay = retry_delay
@@ -51,7 +58,7 @@ class Delivery:
             return
         for index, op in enumerate(ops):
             try:
-                self._with_retry(op)
+                self.deliver_with_retry(op)
             except Exception as exc:  # noqa: BLE001 — the store is away: spool from here on
                 self.go_offline(exc, ops[index:])
                 return
@@ -59,7 +66,8 @@ class Delivery:
     def go_offline(self, exc: BaseException, unsent: list[Operation]) -> None:
         self.offline = True
         where = self.spool.path if self.spool is not None else "nowhere (no spool)"
-        self.say(f"tracking server unreachable ({type(exc).__name__}: {redact_text(str(exc))[:160]}); "
+        what = "tracking server unreachable" if self.remote else "tracking store failed"
+        self.say(f"{what} ({type(exc).__name__}: {redact_text(first_line(exc))[:160]}); "
                  f"training goes on, records are spooled to {where}")
         self._spool(unsent)
 
@@ -72,7 +80,7 @@ class Delivery:
                 op.run_id = self.run_id
         self.spool.append(ops)
 
-    def _with_retry(self, op: Operation) -> None:
+    def deliver_with_retry(self, op: Operation) -> None:
         delay = self.retry_delay
         for attempt in range(1, self.retry_attempts + 1):
             try:
@@ -139,7 +147,8 @@ class Delivery:
         self.spool.clear()
         self.offline = False
         if ops:
-            self.say(f"tracking server is back: delivered {len(ops)} spooled operations")
+            what = "tracking server is back" if self.remote else "tracking store works again"
+            self.say(f"{what}: delivered {len(ops)} spooled operations")
         return len(ops)
 
     def _named(self, ops: list[Operation]) -> list[Operation]:

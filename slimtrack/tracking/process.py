@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 CHILD_MODULE = "slimtrack.tracking.process"
 # MLflow's own HTTP retries (minutes by default) would hold a delivery long after the
 # store went away; slimtrack retries and spools itself. A user's own settings win.
-HTTP_POLICY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+HTTP_POLICY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def apply_http_policy() -> None:
@@ -142,20 +142,26 @@ def main(background_nice: int) -> None:
     from slimtrack.tracking.client import Client
     from slimtrack.tracking.sink import MlflowSink
 
-    # The store the environment names: the usual case. The parent's "ready" names the
-    # store it resolved; a different one is opened then.
+    # The store the environment names is opened now, the usual case. The parent's "ready"
+    # names the store it resolved; a different one is opened then. A store that cannot be
+    # opened is not an error here: the parent gets it as the answer to its first request.
     uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    sink = MlflowSink(Client(*uris))
+    try:
+        sink: MlflowSink | None = MlflowSink(Client(*uris))
+    except Exception:  # noqa: BLE001
+        sink = None
     lower_this_thread_priority(background_nice)  # deliveries wait a little rather than preempt the step
 
     def answer(request: tuple[str, Any]) -> Any:
         nonlocal sink, uris
         method, argument = request
+        if method == "ready" and (tuple(argument) != uris or sink is None):
+            uris = tuple(argument)
+            sink = MlflowSink(Client(*uris))
         if method == "ready":
-            if tuple(argument) != uris:
-                uris = tuple(argument)
-                sink = MlflowSink(Client(*uris))
             return None
+        if sink is None:
+            sink = MlflowSink(Client(*uris))
         return _SINK_METHODS[method](sink, argument)
 
     serve(answer)

@@ -14,15 +14,18 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.runtime.child import ChildProcess
-from slimtrack.tracking.delivery import Delivery
+from slimtrack.tracking.delivery import Delivery, first_line
 from slimtrack.tracking.operations import EndRun, LogArtifact, LogImage, LogMetrics, LogParams, SetTag, StartRun
 from slimtrack.tracking.process import SinkProcess, apply_http_policy
 from slimtrack.tracking.protocol import TrackingCost
@@ -69,13 +72,17 @@ class MlflowTracker:
         in ``experiment``. With ``spool_dir``, a store unreachable at start is survived too:
         the run is created when the spool is replayed. With ``mlflow_process``, deliveries
         go through that child; without it, they are made in this process."""
-        from slimtrack.tracking.client import Client
-        from slimtrack.tracking.sink import MlflowSink
-
         apply_http_policy()
-        delivery = Delivery(MlflowSink(Client()), Spool(spool_dir) if spool_dir else None, say=say)
-        delivery.send([StartRun(experiment=experiment, run_name=run_name, run_key=secrets.token_hex(8), tags=tags,
-                                resume_run_id=resume_run_id, attach_run_id=os.environ.get("MLFLOW_RUN_ID"))])
+        delivery = open_delivery(Spool(spool_dir) if spool_dir else None)
+        start = StartRun(experiment=experiment, run_name=run_name, run_key=secrets.token_hex(8), tags=tags,
+                         resume_run_id=resume_run_id, attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
+        if delivery.remote:
+            delivery.send([start])  # a server that is away: the run is created when the spool is replayed
+        else:
+            try:
+                delivery.deliver_with_retry(start)
+            except Exception as exc:  # noqa: BLE001 — a local store that fails now is the user's to fix
+                raise UserError(f"tracking store {redact_uri(delivery.store)}: {first_line(exc)}") from None
         process = SinkProcess(mlflow_process) if mlflow_process is not None else None
         if process is not None:
             delivery.sink = process
@@ -186,7 +193,7 @@ class MlflowTracker:
         path = f"#/experiments/{run.experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
         if uri.startswith(("http://", "https://")):
             return f"{redact_uri(uri).rstrip('/')}/{path}"
-        return f"mlflow ui --backend-store-uri {redact_uri(uri)}  then open http://127.0.0.1:5000/{path}"
+        return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))}  then open http://127.0.0.1:5000/{path}"
 
     def _open_process(self) -> None:
         """On the worker, before the first delivery: the MLflow process opens this process's store."""
@@ -196,13 +203,33 @@ class MlflowTracker:
             self.process.ready(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
 
 
-def sync(spool_dir: Path) -> Delivery:
-    """Deliver the spool a run left in ``spool_dir`` (``slimtrack sync``), from this process."""
+def open_delivery(spool: Spool | None) -> Delivery:
+    """A delivery to the store MLflow resolves (MLFLOW_TRACKING_URI), from this process.
+    A store that cannot be opened at all is a UserError (one line, exit status 2)."""
+    import mlflow
+
     from slimtrack.tracking.client import Client
     from slimtrack.tracking.sink import MlflowSink
 
+    store = mlflow.get_tracking_uri()
+    try:
+        client = Client()
+    except Exception as exc:  # noqa: BLE001 — an unknown scheme, a corrupt or unwritable sqlite file
+        raise UserError(f"tracking store {redact_uri(store)}: {first_line(exc)}") from None
+    delivery = Delivery(MlflowSink(client), spool, say=say, remote=is_remote(store))
+    delivery.store = store
+    return delivery
+
+
+def is_remote(store: str) -> bool:
+    """Whether the store is a server (it may be away for a while) rather than local files."""
+    return urlsplit(store).scheme not in ("", "file", "sqlite")
+
+
+def sync(spool_dir: Path) -> Delivery:
+    """Deliver the spool a run left in ``spool_dir`` (``slimtrack sync``), from this process."""
     apply_http_policy()
-    delivery = Delivery(MlflowSink(Client()), Spool(spool_dir), say=say)
+    delivery = open_delivery(Spool(spool_dir))
     delivery.offline = True
     delivery.replay()
     return delivery
