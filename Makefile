@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 MAX_CHUNKS ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: setup run test native bench clean
+.PHONY: setup run test native bench clean clean-runs
 
 $(VENV)/.installed-base: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,5 +36,11 @@ native: $(VENV)/.installed-base
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/run_all.py
 
+# The environment only: runs (mlflow.db, mlruns/, outputs/) are the user's and stay.
 clean:
-	rm -rf $(VENV) outputs mlruns mlflow.db
+	rm -rf $(VENV)
+
+# Every run in this folder: the MLflow store and the runs' local files.
+clean-runs:
+	@echo "deleting mlflow.db, mlruns/ and outputs/ (every run's record and files in $(CURDIR))"
+	rm -rf outputs mlruns mlflow.db

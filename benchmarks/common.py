@@ -147,7 +147,8 @@ class Launch:
     history: Path  # the per-step JSON it leaves
     store: Path | None = None  # the folder of the sqlite store it tracks into (None: untracked)
     experiment: str | None = None
-    cleanup: Path | None = None  # deleted once collected (a 50k-vocabulary run leaves ~0.5 GB)
+    cleanup: Path | None = None  # deleted once collected (a 50k-vocabulary run leaves large checkpoints)
+    slimtrack: bool = False  # a `slimtrack train` process, which takes slimtrack's flags
     launched: float = field(default=0.0, init=False)  # unix time, set by start()
     stderr: IO[str] | None = field(default=None, init=False)
 
@@ -181,8 +182,8 @@ class Launch:
 def slimtrack_launch(workdir: Path, args: list[str], tracking: bool = True, **env: str) -> Launch:
     """One `slimtrack train`, with its own folder (artifacts land there too: the child runs
     there) and the sqlite store of ``workdir``, shared by the runs of one benchmark as a
-    user's runs share theirs (a fresh store costs ~4 s of table creation per run). The final
-    model export is skipped (--no-log-model): it follows the loop, which is what the
+    user's runs share theirs (a fresh store would add its table creation to every run). The
+    final model export is skipped (--no-log-model): it follows the loop, which is what the
     benchmarks time. The folder is deleted once its history is read."""
     out = workdir / f"train-{time.monotonic_ns()}"
     out.mkdir(parents=True)
@@ -193,7 +194,7 @@ def slimtrack_launch(workdir: Path, args: list[str], tracking: bool = True, **en
     if not tracking:
         cmd.append("--no-tracking")
     return Launch(cmd, out, bench_env(workdir, **env), out / "training_viz" / "metrics_history.json",
-                  store=workdir if tracking else None, experiment=out.name, cleanup=out)
+                  store=workdir if tracking else None, experiment=out.name, cleanup=out, slimtrack=True)
 
 
 def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env: str) -> TrainRun:
@@ -202,14 +203,14 @@ def slimtrack_train(workdir: Path, args: list[str], tracking: bool = True, **env
 
 
 def log_linger_seconds() -> float:
-    """The tracker's linger as a run of ours would see it (the environment's, or its default)."""
-    from slimtrack.tracking.tracker import DEFAULT_LOG_LINGER_SECONDS
+    """The tracker's linger of a run of ours: the config's default (``--log-linger``)."""
+    from slimtrack.config import TrackingConfig
 
-    return float(os.environ.get("SLIMTRACK_LOG_LINGER", DEFAULT_LOG_LINGER_SECONDS))
+    return TrackingConfig().log_linger
 
 
-# Each process's turn (turns.py) per vocabulary: several steps (a 50k step takes up to
-# ~4 s), and short against the VM's drift.
+# Each process's turn (turns.py) per vocabulary: several steps of a 50k-vocabulary run,
+# and short against the VM's drift.
 SLICE_SECONDS = {"byte": 3.0, "bpe": 10.0}
 
 
@@ -219,11 +220,13 @@ def alternate_in_turns(launches: Callable[[], dict[str, Launch]], repeats: int,
     results: dict[str, list[TrainRun]] = {}
     for _ in range(repeats):
         round_ = launches()
+        linger = log_linger_seconds() * len(round_)
         for launch in round_.values():
             # The tracker lingers a wall-clock time before a delivery; a process in turns
             # runs 1/n of the wall time, so the linger is scaled by n to keep a real run's
             # deliveries per step (unscaled, it would deliver n times as often).
-            launch.env["SLIMTRACK_LOG_LINGER"] = str(log_linger_seconds() * len(round_))
+            if launch.slimtrack:
+                launch.cmd += ["--log-linger", str(linger)]
         turns = run_in_turns({name: launch.start for name, launch in round_.items()}, slice_seconds)
         for name, launch in round_.items():
             results.setdefault(name, []).append(launch.collect(turns[name].returncode, turns[name]))
@@ -312,7 +315,7 @@ def embedded_texts(max_bytes: int) -> Iterator[str]:
 
 def bpe_tokenizer(cache_dir: Path = CACHE_DIR) -> Path:
     """Path of a GPT-2-sized byte-level BPE tokenizer.json, trained offline on a few MB of the
-    embedded corpus once and then reused (training takes a few seconds to a minute)."""
+    embedded corpus once and then reused."""
     path = cache_dir / f"bpe-{BPE_VOCAB}" / "tokenizer.json"
     if path.is_file():
         return path

@@ -152,7 +152,7 @@ def history_costs(n_steps: int = 100_000) -> str:
     """What a render at step ``n_steps`` spends on the history besides the figure: the frame
     and the JSON export from MetricHistory's columns vs from a list of records (the way
     slimtrack did it before: O(steps) of Python objects on every render)."""
-    from slimtrack.metrics import MetricHistory, TrainingMetrics, history_frame
+    from slimtrack.metrics import MetricHistory, TrainingMetrics, records_frame
 
     def records_json(records: list) -> str:  # the old export: a dict per record, json.dumps
         import json
@@ -163,7 +163,7 @@ def history_costs(n_steps: int = 100_000) -> str:
     history = MetricHistory(records)
     history.frame()  # moves the queued records into the columns, as the renders before this one did
     timings = {}
-    for name, call in [("frame from records", lambda: history_frame(records)),
+    for name, call in [("frame from records", lambda: records_frame(records)),
                        ("frame from MetricHistory", history.frame),
                        ("JSON from records", lambda: records_json(records)),
                        ("JSON from MetricHistory", history.to_json)]:

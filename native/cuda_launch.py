@@ -1,10 +1,10 @@
 """Launch numba CUDA kernels on torch tensors with little Python in the way.
 
-numba's dispatcher costs ~60 us per launch of a kernel with four array arguments,
-and wrapping each torch tensor as a DeviceNDArray (``from_cuda_array_interface``:
-context lookups, shape and stride checks) ~20 us more per tensor. The fused
-cross-entropy launches two kernels a step, so on an H200 at small V those costs, not
-the GPU, set its speed (1.1 ms a call against torch's 0.3 ms).
+numba's dispatcher does a lot of host work per launch (argument typing, a lookup of the
+compiled overload), and wrapping each torch tensor as a DeviceNDArray
+(``from_cuda_array_interface``: context lookups, shape and stride checks) adds more per
+tensor. For the small kernels here (the fused cross-entropy launches two a step) that
+host time, not the GPU, sets their speed (docs/benchmarks.md).
 
 ``CudaKernel`` compiles its kernel once, for one explicit signature, and launches the
 loaded function through ``cuda.core`` (what numba itself calls) with the arguments
@@ -13,14 +13,14 @@ flattened straight from the tensors into numba's array ABI:
 
 That ABI and the ``_codelibrary`` attribute are numba-cuda internals, so the fast path
 checks them once and otherwise falls back to the dispatcher, as it does under the
-simulator (``NUMBA_ENABLE_CUDASIM=1``) and with ``SLIMTRACK_CUDA_FAST_LAUNCH=0``.
+simulator (``NUMBA_ENABLE_CUDASIM=1``) and when the run's ``runtime.cuda_fast_launch`` is
+off (``--no-cuda-fast-launch``; the training session calls ``set_fast_launch`` once).
 Both paths take torch tensors, numba device arrays and Python scalars alike.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 import torch
@@ -33,8 +33,15 @@ _CTYPES = {nbt.int64: ctypes.c_int64, nbt.int32: ctypes.c_int32, nbt.float32: ct
 _STREAMS: dict[int, Any] = {}  # torch stream handle -> numba Stream
 _CORE_STREAMS: dict[int, Any] = {}  # stream handle -> cuda.core Stream
 
-# Read per launch, so a benchmark can compare both paths in one process.
-FAST_LAUNCH = os.environ.get("SLIMTRACK_CUDA_FAST_LAUNCH", "1") != "0"
+# Whether launches may skip numba's dispatcher. Read per launch, so a benchmark can
+# compare both paths in one process; set from the config by set_fast_launch.
+FAST_LAUNCH = True
+
+
+def set_fast_launch(enabled: bool) -> None:
+    """Launch through cuda.core (True) or always through numba's dispatcher (False)."""
+    global FAST_LAUNCH
+    FAST_LAUNCH = enabled
 
 
 def device_array(t: torch.Tensor):

@@ -1,30 +1,29 @@
-"""Linear layers whose products run on oneDNN, where that is faster than torch's default.
+"""Linear layers whose products run on oneDNN instead of torch's default (MKL) on CPU.
 
     y = onednn_linear(x, weight, bias)   # = F.linear(x, weight, bias); x: [..., in], weight: [out, in]
     y.backward(grad)                     # dx, dweight, dbias as F.linear's
 
 On CPU, ``F.linear`` on float32 runs MKL's sgemm (and ``addmm`` first copies the bias
-into every output row). torch's CPU wheels also carry oneDNN, whose fp32 products, at
-the small preset's shapes on the 2026-11-27 Zen 4 host, were up to 17 % faster for the
-forward pass (``x w^T``, bias folded in) and for the input gradient (``g w``). For the
-weight gradient (``g^T x``, both operands transposed) MKL stayed ahead except where the
-layer narrows (in > out), so elsewhere that product keeps torch's ``mm``
-(docs/benchmarks.md). torch reaches oneDNN's fp32 matmul only with reduced precision
-(``torch.backends.mkldnn`` bf16/tf32 settings); here it runs at full float32 through
-``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler (Inductor) emits for
-CPU linear layers. The values match F.linear's within float32 rounding (different
-summation order).
+into every output row). torch's CPU wheels also carry oneDNN, whose fp32 products are
+faster at the small preset's shapes for the forward pass (``x w^T``, bias folded in) and
+for the input gradient (``g w``). For the weight gradient (``g^T x``, both operands
+transposed) MKL is faster except where the layer narrows (in > out), so elsewhere that
+product keeps torch's ``mm`` (docs/benchmarks.md has the figures). torch reaches
+oneDNN's fp32 matmul only with reduced precision (``torch.backends.mkldnn`` bf16/tf32
+settings); here it runs at full float32 through ``torch.ops.mkldnn._linear_pointwise``,
+the op torch's own compiler (Inductor) emits for CPU linear layers. The values match
+F.linear's within float32 rounding (different summation order).
 
 Everything else runs ``F.linear``: CUDA (cuBLAS), other dtypes (autocast), 1-D or empty
-inputs, a torch built without oneDNN, and ``SLIMTRACK_ONEDNN_LINEAR=0``.
-``torch.ops.mkldnn`` is a private namespace: a torch release that drops the op falls back
-the same way (``onednn_available``), and tests/test_native_linear.py checks values and
-gradients against float64.
+inputs, and a torch built without oneDNN. Whether the model calls ``onednn_linear`` at
+all is the run's ``runtime.onednn_linear`` setting (``--no-onednn-linear`` keeps MKL,
+for CPUs that favour it; ``benchmarks/kernels_linear.py`` compares the two), passed to
+``GPT`` by the training session. ``torch.ops.mkldnn`` is a private namespace: a torch
+release that drops the op falls back the same way (``onednn_available``), and
+tests/test_native_linear.py checks values and gradients against float64.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +34,7 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-# The split above was measured on one CPU; SLIMTRACK_ONEDNN_LINEAR=0 keeps torch's default
-# (MKL) where another CPU favours it (benchmarks/kernels_linear.py compares the two).
-_ONEDNN = onednn_available() and os.environ.get("SLIMTRACK_ONEDNN_LINEAR", "1") != "0"
+_ONEDNN = onednn_available()  # a property of this torch build, fixed for the process
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -79,9 +76,8 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _product(g2, weight.t(), None).view(ctx.input_shape)  # g w: [N, in]
         if ctx.needs_input_grad[1]:  # g^T x: [out, in]
-            # Both operands are transposed views. MKL was faster for them at most shapes
-            # here; where in > out (the MLP's proj, 1024 -> 256) oneDNN was, by 15 % inside
-            # a step (7.45 -> 6.33 ms a call; docs/benchmarks.md).
+            # Both operands are transposed views. MKL is faster for them at most shapes;
+            # where in > out (the MLP's proj, 4C -> C) oneDNN is (docs/benchmarks.md).
             grad_w = _product(g2.t(), x2.t(), None) if x2.shape[1] > g2.shape[1] else g2.t().mm(x2)
         if ctx.needs_input_grad[2]:  # False when there is no bias
             grad_b = g2.sum(dim=0)

@@ -11,16 +11,17 @@ once, before training starts, and where it can it makes them the same threads:
 - torch's CPU wheels run on GNU OpenMP (``libgomp``), loaded into the process's global
   symbol scope. numba's "omp" threading layer, launched after that, binds its
   ``GOMP_parallel`` calls to that same runtime (global scope comes first), so a numba
-  kernel runs on torch's own team of threads: nothing spins against it. On this VM that
-  makes the numba kernels inside a training step ~1.5x faster (the causal softmax:
-  0.9-1.2 ms -> 0.6 ms) and the native step ~4 % faster (docs/benchmarks.md).
+  kernel runs on torch's own team of threads: nothing spins against it, which makes the
+  numba kernels inside a training step faster (docs/benchmarks.md).
 - Where that cannot be checked (no GNU OpenMP in the global scope, or more than one copy
   loaded, e.g. a torch built on Intel OpenMP), numba keeps its own "workqueue" pool, the
   layer ``slimtrack.native`` sets on import (``start_on_numbas_own_pool``): never a second
-  OpenMP runtime, whose idle threads would spin against torch's
-  (``OMP_WAIT_POLICY=PASSIVE`` against that cost torch ~10 % of a step in wake-ups).
+  OpenMP runtime, whose idle threads would spin against torch's (``OMP_WAIT_POLICY=PASSIVE``
+  against that costs torch wake-ups on every parallel region).
 
-A ``NUMBA_THREADING_LAYER`` the user set is always kept.
+A ``NUMBA_THREADING_LAYER`` the user set is always kept. It is read when a choice is made,
+not at import: slimtrack never writes it, and a child process (a benchmark's
+`slimtrack train`, a torchrun worker) makes its own choice instead of inheriting ours.
 
 ``cpu_description`` names the CPU these pools run on, for run tags and benchmark tables.
 """
@@ -42,9 +43,8 @@ def available_cores() -> int:
 def cpu_description() -> str:
     """The CPU as throughput comparisons need it: its name, its microarchitecture as LLVM
     (numba's compiler) sees it, and the level of torch's CPU kernels, e.g.
-    "AMD EPYC (znver4; torch AVX512)". A VM's model name can hide the host: on this
-    project's VM torch's own kernels ran ~30 % faster on a Zen 4 host than on the one
-    before, under the same name (docs/benchmarks.md)."""
+    "AMD EPYC (znver4; torch AVX512)". A VM's model name can hide the host, so the
+    microarchitecture and torch's kernel level are named too."""
     import platform
 
     import llvmlite.binding
@@ -86,12 +86,15 @@ def torch_openmp_is_shareable() -> bool:
     return True
 
 
+def user_threading_layer() -> str:
+    """The ``NUMBA_THREADING_LAYER`` the user set ("" if none), read now."""
+    return os.environ.get("NUMBA_THREADING_LAYER", "")
+
+
 def _layer_is_ours_to_choose() -> bool:
     from numba.np.ufunc import parallel
 
-    from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
-
-    return not parallel._is_initialized and not NUMBA_THREADING_LAYER_FROM_USER
+    return not parallel._is_initialized and not user_threading_layer()
 
 
 def start_on_numbas_own_pool() -> None:
@@ -121,13 +124,12 @@ def threading_layer_note() -> str:
     import numba
     from numba.np.ufunc import parallel
 
-    from slimtrack import NUMBA_THREADING_LAYER_FROM_USER
-
+    from_user = user_threading_layer()
     if parallel._is_initialized:
         layer = numba.threading_layer()
     else:
-        layer = NUMBA_THREADING_LAYER_FROM_USER or _layer_to_pick()
-    return f"{layer}, on torch's threads" if layer == "omp" and not NUMBA_THREADING_LAYER_FROM_USER else layer
+        layer = from_user or _layer_to_pick()
+    return f"{layer}, on torch's threads" if layer == "omp" and not from_user else layer
 
 
 def configure_threads(num_threads: int | None = None) -> int:

@@ -1,17 +1,10 @@
 """slimtrack: train a GPT on SlimPajama and watch it learn in MLflow."""
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
-
-# numba's threading layer is slimtrack's choice (native/threads.py) unless the user set
-# NUMBA_THREADING_LAYER, which is then kept. Nothing is written to the environment: a child
-# process (a benchmark's `slimtrack train`, a torchrun worker) makes its own choice instead
-# of inheriting ours as if the user had made it.
-NUMBA_THREADING_LAYER_FROM_USER = os.environ.get("NUMBA_THREADING_LAYER")
 
 
 def _load_native_from_checkout() -> None:

@@ -1,8 +1,7 @@
 """Reading runs back: frames for notebooks, ``slimtrack report`` and ``slimtrack compare``.
 
-``tracking.py`` writes to MLflow; this module only reads (the two are the only
-modules that import mlflow). Everything returns pandas frames so the notebook
-and the CLI share one tested code path.
+The tracker (``tracking/``) writes to MLflow; this module only reads. Everything
+returns pandas frames so the notebook and the CLI share one tested code path.
 
 Every function takes an optional ``tracking_uri``; without it MLflow's own
 resolution applies (``MLFLOW_TRACKING_URI``, else its default store).
@@ -23,7 +22,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from slimtrack.errors import UserError
-from slimtrack.metrics import SOURCE_PREFIX
+from slimtrack.metrics import SOURCE_PREFIX, records_frame, records_from_json
 from slimtrack.dashboard.manager import VIZ_DIR, samples_from_table
 
 SAMPLES_ARTIFACT = f"{VIZ_DIR}/text_samples.json"
@@ -151,7 +150,7 @@ def runs_frame(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame
 
     Columns: :data:`RUN_COLUMNS` (final = the value at the last step, best = the lowest
     loss / highest accuracy over every step, NaN where a run has no such metric;
-    duration NaN while a run is still going), then one column per param (``preset``,
+    duration NaN while a run is still going), then one column per param (``config.preset``,
     ``train.lr``, ...), numeric where every value of the param is a number.
     """
     client = _client(tracking_uri)
@@ -206,8 +205,9 @@ def load_exported(path_or_run_id: str | Path, tracking_uri: str | None = None) -
 
     ``path_or_run_id`` is a run's local output folder (the one holding ``training_viz/``,
     or ``training_viz/`` itself) or a run id whose artifacts are downloaded. History: one
-    row per step, the TrainingMetrics fields as columns. Samples: step, input, output,
-    accuracy (empty when the run wrote none).
+    row per step, sorted by step, the TrainingMetrics fields as columns
+    (``metrics.records_frame``). Samples: step, input, output, accuracy (empty when the
+    run wrote none).
     """
     folder = Path(path_or_run_id)
     if folder.is_dir():
@@ -236,25 +236,15 @@ def _download(run_id: str, artifact: str, dst: Path, tracking_uri: str | None) -
 
 def _read_exported(history_file: Path | None, samples_file: Path | None,
                    source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (history, samples) frames of ``load_exported``; ``source`` names the run in errors."""
     if history_file is None or not history_file.is_file():
         raise UserError(f"{source} has no {HISTORY_ARTIFACT} (it is written at the first --viz-interval)")
-    history = history_from_json(history_file.read_text())
+    history = records_frame(records_from_json(history_file.read_text()))
     if samples_file is not None and samples_file.is_file():
         samples = pd.DataFrame(samples_from_table(json.loads(samples_file.read_text())))
     else:
         samples = pd.DataFrame()
     return history, samples.reindex(columns=list(dict.fromkeys(SAMPLE_COLUMNS + list(samples.columns))))
-
-
-def history_from_json(text: str) -> pd.DataFrame:
-    """``metrics_history.json`` (a list of records; null for NaN) -> frame sorted by step."""
-    frame = pd.DataFrame(json.loads(text))
-    if frame.empty:
-        return pd.DataFrame(columns=["step"])
-    # null means NaN here: make such columns numeric instead of object columns of None.
-    for column in frame.columns:
-        frame[column] = _numbers_where_possible(frame[column])
-    return frame.sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def run_samples(run_id: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:

@@ -1,5 +1,9 @@
 """Command line: argument parsing, subcommands and exit codes; no training logic.
 
+The ``train`` subcommand's flags come from the config dataclasses: one flag per field
+(``config_fields``), named after the field, with its help, type and choices. Every flag
+defaults to None, so only flags given explicitly override the preset.
+
 Exit status: 0 done, 1 the run failed (NaN loss, a bug), 2 bad input (one line
 on stderr, before any heavy work), 130 interrupted (Ctrl-C / SIGTERM).
 """
@@ -14,10 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from slimtrack.config import DEVICES, KERNELS, PRESETS, Config, build_config
+from slimtrack.config import PRESETS, Config, FieldInfo, build_config, config_fields
 from slimtrack.errors import UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+METAVARS = {int: "N", float: "X", str: "TEXT"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -47,40 +53,58 @@ def positive_int(text: str) -> int:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    # Every default is None: only flags given explicitly override the preset (so
-    # `--test --max-chunks 5` keeps the test model and trains 5 chunks).
-    p.add_argument("--test", nargs="?", const=True, default=False, type=parse_bool,
-                   help="tiny model, ~20 chunks, under a minute on CPU (same as --preset test)")
+    """The train subcommand's own flags (--test, --preset, --resume), then one per config field."""
+    # Every default is None (--test: False): only flags given explicitly override the preset
+    # (so `--test --max-chunks 5` keeps the test model and trains 5 chunks).
+    p.add_argument("--test", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false",
+                   help="the tiny test preset, for smoke tests (same as --preset test; wins over --preset)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model and run size (default: small)")
-    p.add_argument("--max-chunks", type=positive_int, help="optimizer steps to train (one chunk each)")
-    p.add_argument("--viz-interval", type=positive_int, help="dashboard every N steps (default 50)")
-    p.add_argument("--checkpoint-interval", type=positive_int, help="checkpoint every N steps (default 2000)")
-    p.add_argument("--eval-interval", type=positive_int, help="validation every N steps (default 100)")
-    p.add_argument("--log-interval", type=positive_int, help="console line every N steps")
-    p.add_argument("--keep-checkpoints", type=positive_int, help="newest checkpoints kept (default 3)")
-    p.add_argument("--dataset", help="embedded (default), a SlimPajama folder or file, or a hub id")
-    p.add_argument("--tokenizer", help="byte (default), a tokenizer.json path, or a hub tokenizer")
-    p.add_argument("--device", choices=DEVICES, help="auto (default), cpu or cuda")
-    p.add_argument("--kernels", choices=KERNELS, help="native numba kernels (default) or torch ops")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=positive_int, help="rows per chunk")
-    p.add_argument("--seq-len", type=positive_int, help="tokens per row")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
-    p.add_argument("--num-threads", type=int, help="torch and numba threads (default: all cores)")
-    p.add_argument("--output-dir", help="local files of the run (default: outputs/<time>-<run name>)")
-    p.add_argument("--experiment", help="MLflow experiment (default: slimtrack)")
-    p.add_argument("--run-name", help="MLflow run name (default: preset-dataset-kernels-id)")
-    p.add_argument("--no-tracking", action="store_true", help="same loop without MLflow (benchmarks)")
-    p.add_argument("--no-log-model", action="store_true",
-                   help="do not log the final model (its export takes seconds; checkpoints stay)")
     p.add_argument("--resume", metavar="RUN_ID_OR_OUTPUT_DIR",
                    help="continue a run from its newest checkpoint (same MLflow run; --max-chunks may "
                         "extend it, other flags are taken from the checkpoint)")
+    add_config_arguments(p)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per config field, grouped by section; its dest is the field's ``section.field``."""
+    groups: dict[str, Any] = {}
+    preset_fields = {(section, name) for preset in PRESETS.values()
+                     for section, values in preset.items() for name in values}
+    for info in config_fields():
+        if not info.cli:
+            continue
+        if info.section not in groups:
+            groups[info.section] = p.add_argument_group(f"{info.section} settings")
+        by_preset = (info.section, info.name) in preset_fields
+        groups[info.section].add_argument(f"--{info.flag}", dest=info.key, default=None,
+                                          help=flag_help(info, by_preset), **value_arguments(info))
+
+
+def value_arguments(info: FieldInfo) -> dict[str, Any]:
+    """How argparse reads a field's value: --x/--no-x for a bool, else its type (and choices)."""
+    if info.type is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if info.choices:
+        return {"type": info.type, "choices": info.choices}
+    return {"type": info.type, "metavar": METAVARS[info.type]}
+
+
+def flag_help(info: FieldInfo, by_preset: bool) -> str:
+    """The field's doc and its default (``by_preset``: a value the presets set; the small one's)."""
+    if info.type is bool:
+        default = "on" if info.default else "off"
+    elif info.default == "":
+        default = "empty"
+    else:
+        default = str(info.default)
+    default = f"the preset's; small: {default}" if by_preset else default
+    return f"{info.help} (default: {default})".replace("%", "%%")  # argparse %-formats help
 
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="slimtrack", description="Train a GPT on SlimPajama and watch it learn in MLflow.")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
+                        help="level of slimtrack's log messages on stderr (default: WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_arguments(sub.add_parser("train", help="train a model (the main job)"))
     sub.add_parser("warmup", help="compile the numba kernels into the on-disk cache (fast first run)")
@@ -98,20 +122,10 @@ def build_parser() -> OneLineParser:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Map parsed flags onto the dataclasses; validation errors are UserErrors."""
+    """The preset, then every config flag given; validation errors are UserErrors."""
     # --test wins over --preset (MLproject always passes both).
     preset = "test" if args.test else (args.preset or "small")
-    overrides: dict[str, Any] = {
-        "max_chunks": args.max_chunks, "viz_interval": args.viz_interval,
-        "checkpoint_interval": args.checkpoint_interval, "eval_interval": args.eval_interval,
-        "log_interval": args.log_interval, "keep_checkpoints": args.keep_checkpoints,
-        "dataset": args.dataset, "tokenizer": args.tokenizer, "device": args.device,
-        "kernels": args.kernels, "seed": args.seed, "batch_size": args.batch_size, "seq_len": args.seq_len,
-        "lr": args.lr, "warmup_steps": args.warmup_steps, "num_threads": args.num_threads,
-        "output_dir": args.output_dir, "experiment": args.experiment, "run_name": args.run_name,
-        "tracking.enabled": False if args.no_tracking else None,
-        "tracking.log_model": False if args.no_log_model else None,
-    }
+    overrides = {info.key: getattr(args, info.key) for info in config_fields() if info.cli}
     return build_config(preset, **overrides)
 
 
@@ -186,7 +200,8 @@ def resume_train(args: argparse.Namespace) -> int:
     from slimtrack.train.session import find_resume_point, run_training
 
     point = find_resume_point(args.resume)
-    config = config_from_dict(point.state["config"], max_chunks=args.max_chunks)
+    # The checkpoint's config; only --max-chunks may change (extend the run).
+    config = config_from_dict(point.state["config"], max_chunks=getattr(args, "train.max_chunks"))
     return exit_code(run_training(config, resume=point, mlflow_process=start_mlflow_process_early(config)))
 
 
@@ -229,10 +244,9 @@ COMMANDS = {"train": cmd_train, "report": cmd_report, "sync": cmd_sync, "warmup"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SLIMTRACK_LOG_LEVEL", "WARNING"),
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"slimtrack: error: {exc}", file=sys.stderr)

@@ -1,21 +1,32 @@
-"""Configuration: four dataclasses (model, data, train, tracking) and the presets.
+"""Configuration: five dataclasses (model, data, train, tracking, runtime) and the presets.
 
-Every field has a one-line doc in the comment beside it; validation lives in
-``__post_init__`` so a bad value fails as a ``UserError`` (CLI exit status 2)
-before any heavy work starts. The CLI and the MLproject parameters map onto
-these fields; ``Config.as_params()`` flattens them into the MLflow params of a run.
+Every field is declared once, with ``setting(default, help)``: its one-line doc lives in
+the field's metadata, and the command line derives each flag from it (name, help, type,
+default, choices; see ``cli.py``). Validation lives in ``__post_init__`` so a bad value
+fails as a ``UserError`` (CLI exit status 2) before any heavy work starts.
+``Config.as_params()`` flattens every field, behaviour switches included, into the MLflow
+params of a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from slimtrack.errors import UserError
 
 KERNELS = ("native", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
+            cli: bool = True) -> Any:
+    """A config field with its doc: ``help`` is the flag's help text, ``choices`` its allowed
+    values, ``flag`` its name when it is not the field's name with dashes, and ``cli=False``
+    keeps it off the command line (a value slimtrack sets itself)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "cli": cli})
 
 
 def _require(condition: bool, message: str) -> None:
@@ -25,12 +36,12 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads per block
-    n_embd: int = 256  # residual stream width (must divide by n_head)
-    block_size: int = 256  # longest context the position embedding covers
-    vocab_size: int = 320  # set from the tokenizer (padded to a multiple of 64)
-    dropout: float = 0.0  # dropout in attention and MLP (0 = deterministic)
+    n_layer: int = setting(4, "transformer blocks")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(256, "residual stream width (must divide by --n-head)")
+    block_size: int = setting(256, "longest context the position embedding covers")
+    vocab_size: int = setting(320, "set from the tokenizer (padded to a multiple of 64)", cli=False)
+    dropout: float = setting(0.0, "dropout in attention and MLP (0 = deterministic)")
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -42,10 +53,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "embedded"  # "embedded", a local SlimPajama folder/file, or a hub id
-    tokenizer: str = "byte"  # "byte", a tokenizer.json path, or a hub tokenizer name
-    batch_size: int = 16  # rows per chunk (B)
-    seq_len: int = 128  # tokens per row the model sees (T); a chunk is B x (T+1) tokens
+    dataset: str = setting("embedded", "embedded, a local SlimPajama folder or file, or a hub id")
+    tokenizer: str = setting("byte", "byte, a tokenizer.json path, or a hub tokenizer name")
+    batch_size: int = setting(16, "rows per chunk (B)")
+    seq_len: int = setting(128, "tokens per row the model sees (T); a chunk is B x (T+1) tokens")
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
@@ -56,25 +67,26 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_chunks: int = 1000  # optimizer steps; one chunk = one step's worth of tokens
-    lr: float = 1e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 20  # linear warmup from 0 to lr
-    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip the global gradient norm (0 disables)
-    eval_interval: int = 100  # validation loss/accuracy every N steps (and at the end)
-    eval_chunks: int = 4  # validation chunks per evaluation
-    checkpoint_interval: int = 2000  # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 3  # newest checkpoints kept on disk
-    viz_interval: int = 50  # dashboard every N steps (and at the end)
-    log_interval: int = 10  # console log line every N steps
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda
-    kernels: str = "native"  # native (numba kernels) | torch (F.cross_entropy + AdamW)
-    num_threads: int = 0  # torch and numba threads; 0 = this process's share of the cores
-    output_dir: str = ""  # local files of the run; "" = outputs/<timestamp>-<run name>
+    max_chunks: int = setting(1000, "optimizer steps; one chunk = one step's worth of tokens")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, "cosine decays to lr * min_lr_ratio")
+    warmup_steps: int = setting(20, "linear warmup from 0 to lr")
+    weight_decay: float = setting(0.1, "AdamW decoupled weight decay (matrices only)")
+    beta1: float = setting(0.9, "AdamW's decay of the gradient's running mean")
+    beta2: float = setting(0.95, "AdamW's decay of the squared gradient's running mean")
+    grad_clip: float = setting(1.0, "clip the global gradient norm (0 disables)")
+    eval_interval: int = setting(100, "validation loss/accuracy every N steps (and at the end)")
+    eval_chunks: int = setting(4, "validation chunks per evaluation")
+    checkpoint_interval: int = setting(2000, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = setting(3, "newest checkpoints kept on disk")
+    viz_interval: int = setting(50, "dashboard, samples and JSON exports every N steps (and at the end)")
+    log_interval: int = setting(10, "console log line every N steps")
+    seed: int = setting(1337, "seed of torch's, numpy's and Python's random generators")
+    device: str = setting("auto", "auto (cuda if available, else cpu), cpu or cuda", choices=DEVICES)
+    kernels: str = setting("native", "native (numba kernels, oneDNN linear layers) or torch "
+                           "(F.cross_entropy + AdamW)", choices=KERNELS)
+    num_threads: int = setting(0, "torch and numba threads; 0 = this process's share of the cores")
+    output_dir: str = setting("", "local files of the run; empty = outputs/<timestamp>-<run name>")
 
     def __post_init__(self) -> None:
         for name in ("max_chunks", "eval_interval", "checkpoint_interval", "viz_interval",
@@ -82,10 +94,10 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        _require(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         _require(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         _require(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
-        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "betas must be in [0, 1)")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
         _require(self.grad_clip >= 0, f"--grad-clip must be >= 0, got {self.grad_clip}")
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         _require(self.kernels in KERNELS, f"--kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
@@ -94,14 +106,19 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True  # False (--no-tracking): the same loop with no MLflow at all
-    experiment: str = "slimtrack"  # MLflow experiment (ignored when attached via MLFLOW_RUN_ID)
-    run_name: str = ""  # "" = a name that says what differs (preset, dataset, kernels, id)
-    log_model: bool = True  # False (--no-log-model): no final model export (pt2) into the run
-    log_linger: float = 5.0  # seconds a record may wait to share one MLflow call with the next ones
-    replay_interval: float = 10.0  # offline: seconds between attempts to deliver the spool
-    final_replay_timeout: float = 30.0  # offline at the end: seconds to keep trying before leaving the spool
-    mlflow_process: bool = True  # MLflow's calls run in a child process, off the training process's GIL
+    enabled: bool = setting(True, "track the run in MLflow (--no-tracking: the same loop with no MLflow "
+                            "at all)", flag="tracking")
+    experiment: str = setting("slimtrack", "MLflow experiment (ignored when attached via MLFLOW_RUN_ID)")
+    run_name: str = setting("", "MLflow run name; empty = a name that says what differs "
+                            "(preset, dataset, kernels, id)")
+    log_model: bool = setting(True, "log the final model export (pt2) into the run; checkpoints stay "
+                              "either way")
+    log_linger: float = setting(5.0, "seconds a record may wait to share one MLflow call with the next ones")
+    replay_interval: float = setting(10.0, "offline: seconds between attempts to deliver the spool")
+    final_replay_timeout: float = setting(30.0, "offline at the end: seconds to keep trying before "
+                                          "leaving the spool")
+    mlflow_process: bool = setting(True, "MLflow's calls run in a child process, off the training "
+                                   "process's GIL (else in a thread of the training process)")
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "--experiment must not be empty")
@@ -112,10 +129,14 @@ class TrackingConfig:
 
 @dataclass
 class RuntimeConfig:
-    background_nice: int = 10  # how much nicer than the training threads the dashboard and MLflow work runs
-    malloc_tuning: bool = True  # glibc keeps the step's freed buffers for the next step (Linux)
-    onednn_linear: bool = True  # native kernels on CPU: the linear layers' products run on oneDNN
-    cuda_fast_launch: bool = True  # CUDA kernels launch through cuda.core instead of numba's dispatcher
+    background_nice: int = setting(10, "how much nicer than the training threads the dashboard and "
+                                   "MLflow work runs (Linux; 0 = same priority)")
+    malloc_tuning: bool = setting(True, "glibc keeps the step's freed buffers for the next step "
+                                  "instead of returning them to the OS (Linux)")
+    onednn_linear: bool = setting(True, "with native kernels on CPU, the linear layers' products run "
+                                  "on oneDNN (else torch's default, MKL)")
+    cuda_fast_launch: bool = setting(True, "CUDA kernels launch through cuda.core instead of numba's "
+                                     "dispatcher")
 
     def __post_init__(self) -> None:
         _require(0 <= self.background_nice <= 19, f"--background-nice must be in [0, 19], got {self.background_nice}")
@@ -155,14 +176,14 @@ class Config:
 
 # Presets: sizes only. Everything else keeps the dataclass defaults.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Seconds on a laptop CPU: a tiny model for smoke tests and CI.
+    # A tiny model for smoke tests and CI.
     "test": {
         "model": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
         "data": dict(batch_size=8, seq_len=64),
         "train": dict(max_chunks=20, warmup_steps=4, eval_interval=10, eval_chunks=2,
                       viz_interval=10, log_interval=5),
     },
-    # The default: a few million parameters, a few minutes for 100 chunks on CPU.
+    # The default: a few million parameters, sized for a CPU.
     "small": {
         "model": dict(n_layer=4, n_head=4, n_embd=256, block_size=256),
         "data": dict(batch_size=16, seq_len=128),
@@ -207,22 +228,51 @@ def config_from_dict(values: dict[str, Any], **overrides: Any) -> Config:
 
 
 def _config(preset: str, sections: dict[str, dict[str, Any]]) -> Config:
-    return Config(preset=preset, **{name: cls(**sections[name]) for name, cls in _SECTION_TYPES.items()})
+    return Config(preset=preset, **{name: cls(**sections[name]) for name, cls in SECTION_TYPES.items()})
 
 
-_SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig,
-                  "runtime": RuntimeConfig}
-SECTIONS = tuple(_SECTION_TYPES)
+SECTION_TYPES: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+                                  "tracking": TrackingConfig, "runtime": RuntimeConfig}
+SECTIONS = tuple(SECTION_TYPES)
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One config field as the command line sees it."""
+
+    section: str
+    name: str
+    type: type  # int, float, str or bool
+    default: Any  # the dataclass default (the small preset's value)
+    help: str
+    choices: tuple[str, ...] | None
+    flag: str  # without the leading dashes
+    cli: bool
+
+    @property
+    def key(self) -> str:
+        """The qualified name, ``section.field`` (as in the MLflow params)."""
+        return f"{self.section}.{self.name}"
+
+
+def config_fields() -> Iterator[FieldInfo]:
+    """Every field of every section, in declaration order."""
+    for section, cls in SECTION_TYPES.items():
+        types = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            yield FieldInfo(section, f.name, types[f.name], f.default, meta.get("help", ""), meta.get("choices"),
+                            meta.get("flag") or f.name.replace("_", "-"), meta.get("cli", True))
 
 
 def _locate(key: str) -> tuple[str, str]:
     """Which section a (possibly qualified) field name belongs to."""
     if "." in key:
         section, name = key.split(".", 1)
-        if section in _SECTION_TYPES and name in {f.name for f in dataclasses.fields(_SECTION_TYPES[section])}:
+        if section in SECTION_TYPES and name in {f.name for f in dataclasses.fields(SECTION_TYPES[section])}:
             return section, name
     else:
-        for section, cls in _SECTION_TYPES.items():
+        for section, cls in SECTION_TYPES.items():
             if key in {f.name for f in dataclasses.fields(cls)}:
                 return section, key
     raise UserError(f"unknown config field {key!r}")

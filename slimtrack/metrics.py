@@ -1,8 +1,10 @@
-"""TrainingMetrics: one record per optimizer step, and the history as a frame.
+"""TrainingMetrics: one record per optimizer step, and the history of a run.
 
-Pure data: no MLflow, no files. ``tracking.py`` turns records into MLflow
-metrics with ``record.as_metrics()``; ``viz.py`` keeps a history and turns it
-into a pandas frame for the dashboard and the JSON export.
+Pure data: no MLflow, no files. The tracker (``tracking/``) turns records into MLflow
+metrics with ``record.as_metrics()``; the dashboard manager (``dashboard/manager.py``)
+keeps a ``MetricHistory`` and turns it into a pandas frame for the charts and into
+``metrics_history.json``. ``records_from_json`` is the one reader of that file: resume
+rebuilds the history from it, and ``analysis.load_exported`` builds its frame on it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ STEP_METRIC_KEYS = (
     "grad_norm", "step_time_ms", "tokens_seen", "data_wait_ms",
 )
 SOURCE_PREFIX = "loss_by_source/"
-# The history columns the dashboard charts (plots.py). They live here, not in plots.py, so
-# that the training process can pick them without importing matplotlib (renderer.py).
+# The history columns the dashboard charts (dashboard/charts.py). They live here, not in
+# charts.py, so that the training process can pick them without importing matplotlib.
 DASHBOARD_REQUIRED_COLUMNS = ("step", "loss", "accuracy", "tokens_per_sec", "learning_rate")
 DASHBOARD_OPTIONAL_COLUMNS = ("val_loss", "val_accuracy")
 
@@ -141,8 +143,9 @@ class MetricHistory:
     def to_json(self, rows: int | None = None) -> str:
         """The first ``rows`` rows as a JSON list of records; null for NaN (JSON has none).
 
-        pandas' C writer: ~10x faster than json.dumps on dicts, at 15 significant digits
-        (float32-born metrics and microsecond timestamps survive exactly)."""
+        Written by pandas' C writer rather than json.dumps on dicts, which is much slower at
+        this size; 15 significant digits keep float32-born metrics and microsecond
+        timestamps exact."""
         return self.frame(rows).to_json(orient="records", double_precision=15)
 
 
@@ -157,27 +160,25 @@ def dashboard_columns(frame: pd.DataFrame) -> list[str]:
     return [name for name in DASHBOARD_REQUIRED_COLUMNS + DASHBOARD_OPTIONAL_COLUMNS if name in frame.columns]
 
 
-def history_frame(records: Iterable[TrainingMetrics]) -> pd.DataFrame:
-    """One row per step, columns named as the record's fields (plus loss_by_source/<set>)."""
+def records_frame(records: Iterable[TrainingMetrics]) -> pd.DataFrame:
+    """One row per step, sorted by step, columns named as the record's fields (plus
+    loss_by_source/<set> and rank/... columns); NaN where a record has no value."""
     history = MetricHistory(records)
     if not len(history):
         return pd.DataFrame(columns=list(_ROW_FIELDS))
-    return history.frame().sort_values("step").reset_index(drop=True)
-
-
-def history_json(records: Iterable[TrainingMetrics]) -> str:
-    """The metric history as a JSON list of records (one entry per step)."""
-    return MetricHistory(records).to_json()
+    return history.frame().sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def records_from_json(text: str) -> list[TrainingMetrics]:
-    """Inverse of ``history_json`` (used by resume and by ``slimtrack report``)."""
+    """The records of a ``metrics_history.json`` (``MetricHistory.to_json``), in file order.
+
+    null is NaN for the per-step metrics and None for val_loss / val_accuracy; a null
+    ``loss_by_source/<set>`` or ``rank/...`` column is a set (or rank) the step did not have."""
     names = {f.name for f in dataclasses.fields(TrainingMetrics)} - {"extra", "loss_by_source"}
     records = []
     for row in json.loads(text):
-        # null: a set (or rank) that this step did not have
         by_source = {k[len(SOURCE_PREFIX):]: v for k, v in row.items() if k.startswith(SOURCE_PREFIX) and v is not None}
-        fields = {k: (math.nan if v is None and k in STEP_METRIC_KEYS + ("loss",) else v)
+        fields = {k: (math.nan if v is None and k in STEP_METRIC_KEYS else v)
                   for k, v in row.items() if k in names}
         extra = {k: v for k, v in row.items() if k.startswith("rank/") and v is not None}
         records.append(TrainingMetrics(**fields, loss_by_source=by_source, extra=extra))

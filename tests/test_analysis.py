@@ -14,7 +14,7 @@ from mlflow.entities import Metric, Param
 
 from slimtrack import analysis
 from slimtrack.errors import UserError
-from slimtrack.metrics import TrainingMetrics, history_json
+from slimtrack.metrics import MetricHistory, TrainingMetrics
 from slimtrack.dashboard.manager import samples_table
 
 EXPERIMENT = "analysis-test"
@@ -44,7 +44,7 @@ def write_exports(folder: Path, steps: int = 4) -> Path:
                for s in (2, 4)]
     viz = folder / "training_viz"
     viz.mkdir(parents=True)
-    (viz / "metrics_history.json").write_text(history_json(records))
+    (viz / "metrics_history.json").write_text(MetricHistory(records).to_json())
     (viz / "text_samples.json").write_text(json.dumps(samples_table(samples)))
     return viz
 

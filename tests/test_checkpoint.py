@@ -1,6 +1,7 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from slimtrack.train.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
@@ -27,3 +28,20 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 def test_latest_of_empty_or_missing_dir(tmp_path):
     assert latest_checkpoint(tmp_path / "nope") is None
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from slimtrack.runtime.files import atomic_write, atomic_write_bytes
+
+    target = tmp_path / "file.json"
+    atomic_write_bytes(target, b"old")
+
+    def fail(handle):
+        handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["file.json"]
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["file.json"]

@@ -57,3 +57,11 @@ def test_no_log_model_flag_reaches_the_config():
     assert parse().tracking.log_model is True
     assert parse("--no-log-model").tracking.log_model is False
     assert parse("--no-log-model").as_params()["tracking.log_model"] == "False"
+
+
+def test_every_field_is_declared_with_its_doc():
+    from slimtrack.config import config_fields
+
+    fields = list(config_fields())
+    assert fields and all(info.help for info in fields)
+    assert len({info.flag for info in fields}) == len(fields)  # one flag name per field

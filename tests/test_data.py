@@ -22,7 +22,8 @@ from slimpajama_fixture import (
     write_raw_zst,
 )
 from slimtrack.data.chunks import ChunkStream, make_chunks
-from slimtrack.data.documents import Document, SkipStats, is_held_out, iter_documents, validate_dataset
+from slimtrack.data.documents import Document, SkipStats, iter_documents, validate_dataset
+from slimtrack.data.holdout import is_held_out
 from slimtrack.data.embedded import DOCS_SET, STDLIB_SET, embedded_entries
 from slimtrack.errors import DataError, UserError
 from slimtrack.data.readers import data_files_under

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slimtrack.config import ModelConfig, TrainConfig
-from slimtrack.metrics import TrainingMetrics, history_frame, history_json, records_from_json
+from slimtrack.metrics import MetricHistory, TrainingMetrics, records_frame, records_from_json
 from slimtrack.train.model import GPT
 from slimtrack.train.loop import compute_loss, learning_rate, loss_sums_by_source
 
@@ -78,20 +78,18 @@ def test_record_metric_keys():
     assert "step 3 | loss 2.0000 | acc 50.0% | 1,000 tok/s | lr 1.0e-03" in r.console_line()
 
 
-def test_history_frame_and_json_round_trip():
+def test_records_frame_and_json_round_trip():
     recs = [record(2, loss=math.nan), record(1, loss_by_source={"A": 1.0})]
-    frame = history_frame(recs)
+    frame = records_frame(recs)
     assert list(frame["step"]) == [1, 2]
     assert "loss_by_source/A" in frame.columns
-    back = records_from_json(history_json(recs))
+    back = records_from_json(MetricHistory(recs).to_json())
     assert [r.step for r in back] == [2, 1]
     assert math.isnan(back[0].loss) and back[1].loss_by_source == {"A": 1.0}
-    assert history_frame([]).empty
+    assert records_frame([]).empty
 
 
 def test_metric_history_grows_and_backfills_new_columns():
-    from slimtrack.metrics import MetricHistory
-
     history = MetricHistory()
     for step in range(1, 3001):  # past the initial capacity twice
         extra = {"loss_by_source": {"late": 0.5}} if step > 2000 else {}

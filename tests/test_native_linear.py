@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from slimtrack.native import fused_bias_gelu, onednn_linear
+from slimtrack.config import ModelConfig
+from slimtrack.native import linear
 from slimtrack.native.linear import onednn_available, uses_onednn
+from slimtrack.train.model import GPT
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this torch has no oneDNN")
 
@@ -83,11 +82,19 @@ def test_1d_and_empty_inputs_run_f_linear(shape):
     assert weight.grad.shape == weight.shape
 
 
-def test_the_environment_switch_keeps_f_linear():
-    """SLIMTRACK_ONEDNN_LINEAR=0, read at import, in a fresh process."""
-    code = ("import torch; from slimtrack.native.linear import uses_onednn; "
-            "print(uses_onednn(torch.randn(4, 3), torch.randn(2, 3)))")
-    outputs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "SLIMTRACK_ONEDNN_LINEAR": value}).stdout.strip()
-               for value in ("0", "1")]
+def test_the_config_switch_keeps_f_linear(monkeypatch):
+    """runtime.onednn_linear=False (GPT's onednn_linear): a native model in training never
+    reaches oneDNN's products; True: it does wherever this torch has them."""
+    products = []
+    real_product = linear._product
+    monkeypatch.setattr(linear, "_product", lambda *args: products.append(1) or real_product(*args))
+
+    def reaches_onednn(enabled: bool) -> str:
+        products.clear()
+        config = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=64)
+        model = GPT(config, kernels="native", onednn_linear=enabled).train()
+        model(torch.randint(0, 64, (2, 8))).sum().backward()
+        return str(bool(products))
+
+    outputs = [reaches_onednn(enabled) for enabled in (False, True)]
     assert outputs == ["False", str(onednn_available())]

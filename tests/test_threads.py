@@ -64,3 +64,17 @@ def test_numba_kernels_run_on_torchs_openmp_threads():
     separate = probe("workqueue")
     assert separate["layer"] == "workqueue"
     assert not set(separate["numba"]) <= set(separate["torch"])
+
+
+def test_a_users_layer_is_read_when_the_choice_is_made(monkeypatch):
+    """NUMBA_THREADING_LAYER is read at call time (never at import), and a set one is kept."""
+    import numba
+
+    from slimtrack.native import threads
+
+    monkeypatch.setattr(numba.config, "THREADING_LAYER", "tbb")  # as numba reads the variable
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "tbb")
+    assert threads.user_threading_layer() == "tbb"
+    assert threads.choose_threading_layer() == "tbb"  # kept, whatever slimtrack would pick
+    monkeypatch.delenv("NUMBA_THREADING_LAYER")
+    assert threads.user_threading_layer() == ""

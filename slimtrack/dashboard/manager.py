@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtrack.metrics import MetricHistory, TrainingMetrics
+from slimtrack.runtime.files import atomic_write_bytes
 from slimtrack.runtime.priority import lower_this_thread_priority
 from slimtrack.tracking.protocol import Tracker
 from slimtrack.dashboard.renderer import DashboardRenderer
@@ -37,7 +38,7 @@ VIZ_DIR = "training_viz"
 IMAGE_KEY = "training_dashboard"
 SAMPLES_KEPT = 100  # text_samples.json stays bounded: uploading it each interval is O(1)
 MAX_PENDING_RENDERS = 4  # beyond this, the oldest pending request is dropped (coalescing)
-# Rewriting metrics_history.json is O(steps) (~0.5 s and 50 MB at 100k steps): between
+# Rewriting metrics_history.json is O(steps) in time and size: between
 # forced exports (checkpoints, the end) it is rewritten at most this share of wall time.
 HISTORY_EXPORT_SHARE = 0.05
 
@@ -158,18 +159,15 @@ class VisualizationManager:
             if request.step < self._exported_step:
                 return None, samples_file
             table = samples_table(self.samples[:request.n_samples][-SAMPLES_KEPT:])
-            _atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode())
+            atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode())
             now = time.monotonic()
             if request.final or now >= self._next_history_export:
-                _atomic_write_bytes(history, self.history.to_json(request.n_records).encode())
+                atomic_write_bytes(history, self.history.to_json(request.n_records).encode())
                 self._exported_step = request.step
                 took = time.monotonic() - now
                 self._next_history_export = now + took / HISTORY_EXPORT_SHARE
                 written = history
         return written, samples_file
-
-    def to_frame(self):
-        return self.history.frame()
 
     # ---- worker thread ------------------------------------------------------------------------
     def _render_forever(self) -> None:
@@ -191,7 +189,7 @@ class VisualizationManager:
         step_png = self.dir / f"training_step_{request.step:06d}.png"
         self._renderer.render(self.history.frame(request.n_records), self.samples[:request.n_samples], step_png)
         latest_png = self.dir / "training_latest.png"
-        _atomic_write_bytes(latest_png, step_png.read_bytes())
+        atomic_write_bytes(latest_png, step_png.read_bytes())
         history, samples_file = self.export_json(request)
 
         self.tracker.log_artifact(step_png, VIZ_DIR)
@@ -201,10 +199,3 @@ class VisualizationManager:
         self.tracker.log_table_file(samples_file, VIZ_DIR)
         self.tracker.log_image(step_png, key=IMAGE_KEY, step=request.step)
         self.rendered_steps.append(request.step)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Readers (and a crash) never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{threading.get_ident()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)

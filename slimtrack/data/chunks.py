@@ -46,11 +46,9 @@ class ChunkStream:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size ({batch_size}) and seq_len ({seq_len}) must be positive")
         self.batch_size, self.seq_len, self.max_chunks = batch_size, seq_len, max_chunks
-        self.source_names: list[str] = []
-        self.documents_read = 0
-        self.tokens_read = 0
+        self.source_names: list[str] = []  # source id -> SlimPajama set name, in order of first appearance
         self._documents = iter(documents)
-        self._encode = getattr(tokenizer, "encode_array", None) or (lambda text: np.asarray(tokenizer.encode(text)))
+        self._encode = tokenizer.encode_array
         self._eos = np.array([tokenizer.eos_id], dtype=np.int64)
         self._source_ids: dict[str, int] = {}
         self._pending: deque[tuple[np.ndarray, int]] = deque()  # (tokens, source id) pieces in order
@@ -98,8 +96,6 @@ class ChunkStream:
         self._pending.append((tokens, source_id))
         self._pending.append((self._eos, source_id))
         self._pending_tokens += len(tokens) + 1
-        self.documents_read += 1
-        self.tokens_read += len(tokens) + 1
 
     def _take(self, count: int, build: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Remove the next ``count`` tokens from the front of the pending pieces."""
@@ -126,7 +122,8 @@ class ChunkStream:
 
 def make_chunks(dataset: str, split: str, tokenizer: Tokenizer, batch_size: int, seq_len: int, *,
                 max_chunks: int | None = None, rank: int = 0, world_size: int = 1) -> tuple[ChunkStream, SkipStats]:
-    """The chunk stream of a dataset split and the SkipStats it fills while being read."""
+    """The chunk stream of a dataset split (with DDP, rank's share) and the SkipStats it
+    fills while being read. A bad dataset name fails here, before any chunk is built."""
     skips = SkipStats()
     documents = iter_documents(dataset, split, skips, rank=rank, world_size=world_size)
     return ChunkStream(documents, tokenizer, batch_size, seq_len, max_chunks=max_chunks), skips

@@ -11,8 +11,9 @@ A dataset is named by one string:
 
 Held-out validation for local data: when the dataset has no ``validation/`` folder (a
 single file, a folder of files, a split folder), the documents whose text hash falls in
-a fixed ~2% bucket form "validation" and are left out of "train", so the two never
-overlap. Such a carved validation split may be empty for datasets under ~50 documents.
+a fixed 2% bucket form "validation" and are left out of "train", so the two never
+overlap (``holdout.is_held_out``). Such a carved validation split may be empty for
+datasets of a few dozen documents.
 
 Bad records are skipped and counted in a SkipStats (see readers.py); a split with no
 usable document at all raises DataError when its end is reached, which for an empty
@@ -21,20 +22,19 @@ dataset is before the first chunk.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Callable, Iterator
 
-from slimtrack.data.embedded import iter_embedded
-from slimtrack.errors import DataError, UserError
+from slimtrack.data import embedded
+from slimtrack.data.holdout import is_held_out
 from slimtrack.data.hub import hub_offline_reason
 from slimtrack.data.readers import Document, Shard, SkipStats, data_files_under, document_from_record, read_files
+from slimtrack.errors import DataError, UserError
 
 __all__ = ["Document", "SkipStats", "iter_documents", "validate_dataset"]
 
 EMBEDDED = "embedded"
-HELD_OUT_BUCKETS = 50  # 1 bucket in 50 = 2% of documents
 OFFLINE_OPTIONS = "use --dataset embedded, or a local SlimPajama folder, .jsonl.zst, .jsonl or .parquet file"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -65,11 +65,12 @@ def _nonempty(documents: Iterator[Document], may_be_empty: bool, message: str, s
 
 
 def _open_split(dataset: str, split: str, skips: SkipStats, shard: Shard) -> tuple[Iterator[Document], bool]:
-    """The documents of a split, and whether that split is allowed to be empty (carved validation)."""
+    """The documents of a split, not read yet, and whether that split is allowed to be empty
+    (carved validation). The one place that tells what a dataset name stands for: a name
+    that is neither embedded, a path nor a reachable hub id fails here, at once."""
     if dataset == EMBEDDED:
-        if split not in ("train", "validation"):
-            raise UserError(f"the embedded corpus has splits 'train' and 'validation', not {split!r}")
-        return iter_embedded(split, skips, shard), False
+        embedded.check_split(split)
+        return embedded.iter_embedded(split, skips, shard), False
     path = Path(dataset).expanduser()
     if path.exists():
         files, keep = _local_split(path, split)
@@ -100,18 +101,12 @@ def _data_files(folder: Path, dataset: Path) -> list[Path]:
     return files
 
 
-def is_held_out(document: Document) -> bool:
-    """Whether a document belongs to the carved ~2% validation share (stable across runs)."""
-    digest = hashlib.blake2b(document.text.encode("utf-8", errors="replace"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % HELD_OUT_BUCKETS == 0
-
-
 def looks_like_hub_id(dataset: str) -> bool:
     return bool(_HUB_ID.match(dataset)) and not Path(dataset).expanduser().exists()
 
 
 def _iter_hub(dataset: str, split: str, skips: SkipStats, shard: Shard) -> Iterator[Document]:
-    import datasets  # imported here: a second of start-up that only hub datasets need
+    import datasets  # imported here: its start-up cost is paid by hub datasets only
 
     label = f"hf://datasets/{dataset}/{split}"
     try:
@@ -137,13 +132,7 @@ def _require_hub(dataset: str) -> None:
 
 
 def validate_dataset(dataset: str) -> None:
-    """A cheap check for the CLI: the dataset can be opened (files exist, hub reachable)."""
-    if dataset == EMBEDDED:
-        return
-    path = Path(dataset).expanduser()
-    if path.exists():
-        _local_split(path, "train")
-    elif looks_like_hub_id(dataset):
-        _require_hub(dataset)
-    else:
-        raise UserError(f"dataset {dataset!r}: no such file or folder; {OFFLINE_OPTIONS}, or a hub id owner/name")
+    """A cheap check for the CLI: the dataset can be opened (files exist, hub reachable).
+
+    Opens the train split without reading a record: every reader is a generator."""
+    _open_split(dataset, "train", SkipStats(), Shard())

@@ -15,15 +15,13 @@ listing order or on what is installed in site-packages: the same Python version 
 the same corpus on every machine (distributions that split the stdlib into packages,
 e.g. Debian without ``python3-tk``/tests, have fewer files).
 
-Validation: in each set, the ~2% of documents with the smallest stable hash of their
-name (a BLAKE2 digest of ``set:relative/path``) are held out. Train and validation are
-disjoint by construction and both contain both sets.
+Validation: in each set, the ceil(2%) documents with the smallest stable hash of their
+name (``set:relative/path``) are held out (``holdout.held_out_names``). Train and
+validation are disjoint by construction and both contain both sets.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import random
 import sysconfig
@@ -31,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from slimtrack.errors import UserError
+from slimtrack.data.holdout import held_out_names
 from slimtrack.data.readers import Document, Shard, SkipStats, document_from_record
+from slimtrack.errors import UserError
 
 STDLIB_SET = "PythonStdlibSource"
 DOCS_SET = "PythonDocs"
-VALIDATION_FRACTION = 0.02
 SHUFFLE_SEED = 20240627
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 _EXCLUDED_FILES = {"pydoc_data/topics.py"}
@@ -50,8 +48,9 @@ class Entry:
     key: str  # relative POSIX path (stdlib) or topic name (docs)
 
     @property
-    def stable_hash(self) -> int:
-        return int.from_bytes(hashlib.blake2b(f"{self.set_name}:{self.key}".encode(), digest_size=8).digest(), "big")
+    def name(self) -> str:
+        """``set:key``: what the held-out rule hashes, and the file name in skip counts."""
+        return f"{self.set_name}:{self.key}"
 
 
 def stdlib_root() -> Path:
@@ -77,12 +76,6 @@ def docs_entries() -> list[Entry]:
     return [Entry(DOCS_SET, key) for key in sorted(topics)]
 
 
-def held_out(entries: list[Entry], fraction: float = VALIDATION_FRACTION) -> set[Entry]:
-    """The ceil(fraction * n) entries with the smallest stable hash (at least one per set)."""
-    count = math.ceil(fraction * len(entries))
-    return set(sorted(entries, key=lambda entry: entry.stable_hash)[:count])
-
-
 def interleave(sets: list[list[Entry]], seed: int = SHUFFLE_SEED) -> list[Entry]:
     """Shuffle each set, then merge them so every set is spread evenly over the whole order."""
     rng = random.Random(seed)
@@ -94,15 +87,20 @@ def interleave(sets: list[list[Entry]], seed: int = SHUFFLE_SEED) -> list[Entry]
     return [entry for _, entry in sorted(positioned, key=lambda pair: (pair[0], pair[1].set_name, pair[1].key))]
 
 
-def embedded_entries(split: str) -> list[Entry]:
-    """The ordered entries of the "train" or "validation" split."""
+def check_split(split: str) -> None:
+    """UserError unless ``split`` is "train" or "validation", the corpus's two splits."""
     if split not in ("train", "validation"):
         raise UserError(f"the embedded corpus has splits 'train' and 'validation', not {split!r}")
+
+
+def embedded_entries(split: str) -> list[Entry]:
+    """The ordered entries of the "train" or "validation" split."""
+    check_split(split)
     sets = [stdlib_entries(stdlib_root()), docs_entries()]
     chosen = []
     for entries in sets:
-        validation = held_out(entries)
-        chosen.append([e for e in entries if (e in validation) == (split == "validation")])
+        validation = held_out_names(entry.name for entry in entries)
+        chosen.append([e for e in entries if (e.name in validation) == (split == "validation")])
     return interleave(chosen)
 
 
@@ -114,7 +112,7 @@ def iter_embedded(split: str, skips: SkipStats, shard: Shard) -> Iterator[Docume
     for entry in embedded_entries(split):
         if not shard.take():
             continue
-        label = f"{entry.set_name}:{entry.key}"
+        label = entry.name
         try:
             text = topics[entry.key] if entry.set_name == DOCS_SET else (root / entry.key).read_bytes().decode("utf-8")
         except UnicodeDecodeError:  # a few test files are deliberately not UTF-8

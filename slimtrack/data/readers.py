@@ -10,15 +10,12 @@ Every reader yields ``Document``s and counts each record it cannot use in a
 - ``no_text`` / ``not_string`` / ``empty_text``: the ``text`` field is missing or null,
   not a string, or only whitespace.
 
-Why JSON lines are not read through ``datasets``: on a 20 MB ``.jsonl.zst`` of 5,000
-SlimPajama-sized (4 KB) documents, ``datasets``' streaming json builder read 12-27 MB/s
-(plus ~2 s of start-up on its first call), this reader ~70 MB/s with validation. Both
-outpace training by far; the deciding reason is fragility: in ``datasets`` one malformed
-or non-UTF-8 line aborts the whole 10 MB block it sits in, a truncated ``.zst`` ends
-silently as if complete, and a number in ``text`` is cast to a string, so ``not_string``
-could never be counted. Reading lines ourselves gives exact per-line accounting. Parquet
-is read with pyarrow directly for the same reason (exact column types). Hub datasets do
-go through ``datasets`` (see data.py).
+Why JSON lines are not read through ``datasets``: exact per-line accounting. In
+``datasets`` one malformed or non-UTF-8 line aborts the whole block it sits in, a
+truncated ``.zst`` ends silently as if complete, and a number in ``text`` is cast to a
+string, so ``not_string`` could never be counted. Reading the lines here counts each bad
+record on its own. Parquet is read with pyarrow directly for the same reason (exact
+column types). Hub datasets do go through ``datasets`` (see documents.py).
 """
 
 from __future__ import annotations

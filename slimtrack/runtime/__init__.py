@@ -3,4 +3,5 @@
 - ``child.py``: ``ChildProcess`` / ``serve``: pickled requests to a ``python -m`` child.
 - ``priority.py``: background threads and processes run nicer than the training threads.
 - ``allocator.py``: glibc keeps the step's freed buffers for the next step.
+- ``files.py``: atomic file writes (a crash leaves the old file or the new one).
 """

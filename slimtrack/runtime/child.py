@@ -2,10 +2,11 @@
 
 The training thread takes the GIL back after every torch op. Python work on another thread
 of the same process (drawing a dashboard, MLflow's SQLAlchemy code for a batch of metrics)
-holds the GIL for up to the switch interval (5 ms) each time it gets it, so the training
-thread waits again and again: on an H200, where the step is ~10 ms of Python launching
-kernels, a delivery thread at ~6 % of a core slowed every step by ~15 %. A child process has
-its own interpreter and GIL; what is left in the training process is pickling the requests.
+holds the GIL for up to the switch interval (``sys.getswitchinterval()``) each time it gets
+it, so the training thread waits again and again. On a GPU, where a step is mostly Python
+launching kernels, even a light thread of this kind slows every step (docs/benchmarks.md).
+A child process has its own interpreter and GIL; what is left in the training process is
+pickling the requests.
 
 The child is ``python -m <module>``, talking over its stdin and stdout (pickled requests and
 replies), not a ``multiprocessing`` worker: ``spawn`` would import the parent's ``__main__``
@@ -39,6 +40,9 @@ class ChildProcess:
         try:
             self._process: subprocess.Popen | None = subprocess.Popen(
                 [sys.executable, "-m", module, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                # A session of its own: Ctrl-C and a closed terminal reach the parent, which
+                # ends the run and then the child (its input ends), never the child directly.
+                start_new_session=True,
                 env={**os.environ, **(env or {})})
         except OSError as exc:
             raise ChildGone(f"{module}: cannot start a process ({exc})") from exc
@@ -109,7 +113,7 @@ def _serve(answer: Callable[[Any], Any], requests: BinaryIO, replies: BinaryIO) 
     while True:
         try:
             request = pickle.load(requests)
-        except EOFError:
+        except (EOFError, OSError, pickle.UnpicklingError):  # the parent closed the pipe, or is gone
             return
         try:
             reply: tuple[str, Any] = ("ok", answer(request))
@@ -121,5 +125,8 @@ def _serve(answer: Callable[[Any], Any], requests: BinaryIO, replies: BinaryIO) 
                 pickle.loads(data)  # some exceptions pickle but cannot be rebuilt from their args
         except Exception:  # noqa: BLE001 — a result or an exception that does not travel
             data = pickle.dumps(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
-        replies.write(data)
-        replies.flush()
+        try:
+            replies.write(data)
+            replies.flush()
+        except OSError:  # the parent is gone: nobody waits for the reply
+            return

@@ -11,6 +11,7 @@ import os
 import threading
 from pathlib import Path
 
+from slimtrack.runtime.files import atomic_write_bytes
 from slimtrack.tracking.operations import Operation, from_json
 
 SPOOL_NAME = "tracking_spool.jsonl"
@@ -25,21 +26,16 @@ class Spool:
         """Append ``ops`` durably."""
         if ops:
             with self._lock:
-                self._write(ops, "a", self.path)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(_lines(ops))
+                    f.flush()
+                    os.fsync(f.fileno())
 
     def rewrite(self, ops: list[Operation]) -> None:
-        """Replace the spool with ``ops`` at once (a temporary file renamed over it)."""
+        """Replace the spool with ``ops`` at once (runtime.files.atomic_write)."""
         with self._lock:
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            self._write(ops, "w", tmp)
-            os.replace(tmp, self.path)
-
-    def _write(self, ops: list[Operation], mode: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, mode, encoding="utf-8") as f:
-            f.write("".join(op.to_json() + "\n" for op in ops))
-            f.flush()
-            os.fsync(f.fileno())
+            atomic_write_bytes(self.path, _lines(ops).encode("utf-8"))
 
     def read(self) -> list[Operation]:
         """Every complete operation, in order."""
@@ -60,3 +56,7 @@ class Spool:
     def clear(self) -> None:
         with self._lock:
             self.path.unlink(missing_ok=True)
+
+
+def _lines(ops: list[Operation]) -> str:
+    return "".join(op.to_json() + "\n" for op in ops)

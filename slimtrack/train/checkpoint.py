@@ -1,15 +1,15 @@
 """Checkpoints: atomic save, safe load, the newest K kept.
 
-A checkpoint is written to a temporary file in the same folder, fsync'd, and
-renamed over its final name, so a ``kill -9`` at any moment leaves either the
-previous or the new checkpoint, never a torn one. Loading uses
+A checkpoint is written with ``runtime.files.atomic_write`` (a temporary file in the
+same folder, fsync'd, renamed over its final name), so a ``kill -9`` at any moment
+leaves either the previous or the new checkpoint, never a torn one; the temporary
+names never match ``CHECKPOINT_PATTERN``. Loading uses
 ``torch.load(weights_only=True)``: a checkpoint holds tensors and plain Python
 values only, and never executes code.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from slimtrack.runtime.files import atomic_write
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})\.pt$")
 
@@ -58,24 +60,10 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     """Atomically write ``state`` as ``directory/step_NNNNNN.pt``; prune to the newest ``keep``."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / checkpoint_name(step)
-    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_directory(directory)  # make the rename itself durable
+    atomic_write(final, lambda handle: torch.save(state, handle))
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return final
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

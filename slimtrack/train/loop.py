@@ -96,6 +96,8 @@ class StepResult:
 
 
 class SlimPajamaTrainer:
+    """The optimizer step (``train_on_chunk``), evaluation, the step's record and the loop (``fit``)."""
+
     def __init__(self, config: Config, model: torch.nn.Module, tokenizer: Any, device: torch.device,
                  source_names: Callable[[], list[str]], world: World = World()) -> None:
         self.config = config

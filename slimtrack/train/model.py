@@ -7,8 +7,10 @@ business (it may use the fused native kernel, which needs the raw logits).
 ``GPT(config, kernels="native")`` runs the MLP's GELU (``slimtrack.native.fused_gelu``)
 and the attention's causal softmax (``slimtrack.native.causal_attention``) through numba
 kernels while training; evaluation, export and ``kernels="torch"`` use ``F.gelu`` and
-``F.scaled_dot_product_attention``. Both compute the same functions (within ~1e-6), and
-the weights and checkpoints are the same either way.
+``F.scaled_dot_product_attention``. Both compute the same functions (up to float32 rounding), and
+the weights and checkpoints are the same either way. With native kernels in training the
+linear layers run through ``slimtrack.native.onednn_linear`` unless ``onednn_linear`` is
+False (the run's ``runtime.onednn_linear``), which keeps them on ``F.linear``.
 """
 
 from __future__ import annotations
@@ -22,33 +24,36 @@ import torch.nn.functional as F
 from slimtrack.config import ModelConfig
 
 
-def apply_linear(layer: nn.Linear, x: torch.Tensor, native: bool, bias: bool = True) -> torch.Tensor:
-    """``layer(x)`` (without its bias if ``bias`` is False); with ``native`` in training,
-    through ``slimtrack.native.onednn_linear`` (oneDNN's products on CPU float32, else F.linear)."""
+def apply_linear(layer: nn.Linear, x: torch.Tensor, onednn: bool, bias: bool = True) -> torch.Tensor:
+    """``layer(x)`` (without its bias if ``bias`` is False); with ``onednn`` (native kernels in
+    training, and the run's ``runtime.onednn_linear``), through ``slimtrack.native.onednn_linear``
+    (oneDNN's products on CPU float32, else F.linear)."""
     b = layer.bias if bias else None
-    if native:
+    if onednn:
         from slimtrack.native import onednn_linear  # numba loads only when asked for
         return onednn_linear(x, layer.weight, b)
     return F.linear(x, layer.weight, b)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, native: bool = False) -> None:
+    def __init__(self, config: ModelConfig, native: bool = False, onednn_linear: bool = True) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         self.native = native
+        self.onednn_linear = onednn_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         native = self.native and self.training
-        qkv = apply_linear(self.qkv, x, native)  # [B, T, 3C]
+        onednn = native and self.onednn_linear
+        qkv = apply_linear(self.qkv, x, onednn)  # [B, T, 3C]
         if native and self.dropout == 0.0:
             from slimtrack.native import causal_attention  # numba loads only when asked for
             y = causal_attention(qkv, self.n_head)  # falls back to SDPA where not faster
-            return apply_linear(self.proj, y, native)
+            return apply_linear(self.proj, y, onednn)
         q, k, v = qkv.split(C, dim=2)  # 3 x [B, T, C]
         # [B, T, C] -> [B, H, T, D]
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -56,42 +61,44 @@ class CausalSelfAttention(nn.Module):
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )  # [B, H, T, D]
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return apply_linear(self.proj, y, native)
+        return apply_linear(self.proj, y, onednn)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, native: bool = False) -> None:
+    def __init__(self, config: ModelConfig, native: bool = False, onednn_linear: bool = True) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
         self.native = native
+        self.onednn_linear = onednn_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         # 2-D so that fc's output is a tensor of its own, not a view: an in-place op on a
-        # view makes autograd copy the whole base in the backward pass (~8 ms a layer here).
+        # view makes autograd copy the whole base in the backward pass.
         x = x.reshape(B * T, C)
         native = self.native and self.training
+        onednn = native and self.onednn_linear
         if native and x.device.type == "cpu":  # on CUDA torch's is one kernel
             from slimtrack.native import fused_bias_gelu  # numba loads only when asked for
             # The bias-free product is a tensor of its own, which nothing saves for backward:
             # bias + GELU overwrite it in one pass (no broadcast copy of the bias, as addmm does).
-            h = fused_bias_gelu(apply_linear(self.fc, x, native, bias=False), self.fc.bias)  # [B*T, 4C]
+            h = fused_bias_gelu(apply_linear(self.fc, x, onednn, bias=False), self.fc.bias)  # [B*T, 4C]
         else:
-            h = F.gelu(apply_linear(self.fc, x, native), approximate="tanh")  # [B*T, 4C]
-        return self.dropout(apply_linear(self.proj, h, native)).view(B, T, C)
+            h = F.gelu(apply_linear(self.fc, x, onednn), approximate="tanh")  # [B*T, 4C]
+        return self.dropout(apply_linear(self.proj, h, onednn)).view(B, T, C)
 
 
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, config: ModelConfig, native: bool = False) -> None:
+    def __init__(self, config: ModelConfig, native: bool = False, onednn_linear: bool = True) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config, native)
+        self.attn = CausalSelfAttention(config, native, onednn_linear)
         self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config, native)
+        self.mlp = MLP(config, native, onednn_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -99,17 +106,19 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, kernels: str = "torch") -> None:
+    def __init__(self, config: ModelConfig, kernels: str = "torch", onednn_linear: bool = True) -> None:
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, native=kernels == "native") for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, kernels == "native", onednn_linear)
+                                    for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied embeddings
         self.native = kernels == "native"
+        self.onednn_linear = onednn_linear
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections keeps the stream's variance flat.
         for name, p in self.named_parameters():
@@ -137,7 +146,8 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
         for block in self.blocks:
             x = block(x)
-        return apply_linear(self.lm_head, self.ln_f(x), self.native and self.training)  # [B, T, V]
+        onednn = self.native and self.training and self.onednn_linear
+        return apply_linear(self.lm_head, self.ln_f(x), onednn)  # [B, T, V]
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Two AdamW groups: matrices decay, vectors (biases, LayerNorm) do not."""

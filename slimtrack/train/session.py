@@ -17,7 +17,6 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,8 +30,8 @@ from slimtrack.runtime.allocator import keep_freed_memory
 from slimtrack.train.checkpoint import (latest_checkpoint, load_checkpoint, restore_rng_state, rng_state,
                                   save_checkpoint)
 from slimtrack.config import Config
-from slimtrack.data.chunks import ChunkStream
-from slimtrack.data.documents import SkipStats, iter_documents, validate_dataset
+from slimtrack.data.chunks import ChunkStream, make_chunks
+from slimtrack.data.documents import SkipStats, validate_dataset
 from slimtrack.train.distributed import World, barrier, init_world, shutdown
 from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
@@ -216,7 +215,7 @@ class Job:
 
 def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProcess | None = None) -> Job:
     threads = configure_threads(config.train.num_threads or None)
-    keep_freed_memory()  # the step's buffers are reused instead of page-faulted in each step
+    keep_freed_memory(config.runtime.malloc_tuning)  # the step's buffers are reused, not page-faulted in
     seed_everything(config.train.seed)
     world, device = init_world(resolve_device(config.train.device))
     tokenizer = load_tokenizer(config.data.tokenizer)
@@ -224,29 +223,31 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
     validate_dataset(config.data.dataset)
 
     # The run, its folder and the dashboard process come first: the process warms matplotlib
-    # up (~1 s of CPU, renderer.py) while the data and the model are set up below.
+    # up (renderer.py) while the data and the model are set up below.
     run_name = config.tracking.run_name or default_run_name(config)
     output_dir = resume.output_dir if resume else (
         Path(config.train.output_dir) if config.train.output_dir else default_output_dir(run_name))
     output_dir = output_dir.resolve()
     if world.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
         tags = ({**run_tags(config, device, threads), "slimtrack.output_dir": str(output_dir)}
                 if config.tracking.enabled else {})
         tracker = make_tracker(config, run_name, tags, resume.state.get("run_id") if resume else None,
                                output_dir, mlflow_process)
+        output_dir.mkdir(parents=True, exist_ok=True)  # after the store opened: a bad store leaves no folder
         viz = VisualizationManager(output_dir, tracker, config.train.viz_interval, config.runtime.background_nice)
     else:  # only rank 0 talks to MLflow and writes files
         tracker: Tracker = NullTracker()
         viz = None
 
     try:
-        skips = SkipStats()
-        stream = ChunkStream(iter_documents(config.data.dataset, "train", skips, rank=world.rank,
-                                            world_size=world.world_size),
-                             tokenizer, config.data.batch_size, config.data.seq_len)
+        stream, skips = make_chunks(config.data.dataset, "train", tokenizer, config.data.batch_size,
+                                    config.data.seq_len, rank=world.rank, world_size=world.world_size)
         val_chunks = validation_chunks(config, tokenizer) if world.is_main else []
-        module = GPT(config.model, config.train.kernels).to(device)  # same seed on every rank: same weights
+        if device.type == "cuda" and config.train.kernels == "native":  # the numba CUDA kernels' launch path
+            from slimtrack.native.cuda_launch import set_fast_launch
+            set_fast_launch(config.runtime.cuda_fast_launch)
+        module = GPT(config.model, config.train.kernels,  # same seed on every rank: same weights
+                     onednn_linear=config.runtime.onednn_linear).to(device)
     except BaseException:  # the run exists already: leave it FAILED, not RUNNING
         if viz is not None:
             viz.close()
@@ -269,9 +270,9 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
 
 def validation_chunks(config: Config, tokenizer: Any) -> list[Any]:
     """The first eval_chunks chunks of the held-out split (the same for every run)."""
-    stream = ChunkStream(iter_documents(config.data.dataset, "validation", SkipStats()), tokenizer,
-                         config.data.batch_size, config.data.seq_len)
-    return list(islice(stream, config.train.eval_chunks))
+    stream, _ = make_chunks(config.data.dataset, "validation", tokenizer, config.data.batch_size,
+                            config.data.seq_len, max_chunks=config.train.eval_chunks)
+    return list(stream)
 
 
 def restore(job: Job, resume: ResumePoint) -> None:

@@ -1,0 +1,49 @@
+"""Atomic file writes: readers, and a crash at any moment, see the old file or the new one.
+
+``atomic_write`` writes to a temporary file in the target's folder, fsyncs it, renames it
+over the target and fsyncs the folder, so the rename itself survives a power loss. The
+temporary name is unique per call, so two threads or processes writing the same target
+never share a temporary file; whichever rename comes last wins. A write that fails
+leaves the target as it was and removes its temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Replace ``path`` with what ``write`` writes into the binary file it is given."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:16]}")
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (see ``atomic_write``)."""
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    atomic_write(path, write)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
