@@ -59,9 +59,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false",
                    help="the tiny test preset, for smoke tests (same as --preset test; wins over --preset)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model and run size (default: small)")
-    p.add_argument("--resume", metavar="RUN_ID_OR_OUTPUT_DIR",
+    p.add_argument("--resume", metavar="RUN_ID|OUTPUT_DIR|auto",
                    help="continue a run from its newest checkpoint (same MLflow run; --max-chunks may "
-                        "extend it, other flags are taken from the checkpoint)")
+                        "extend it, other flags are taken from the run); auto: the run in --output-dir "
+                        "if there is one, else a new one (for torchrun --max-restarts)")
     add_config_arguments(p)
 
 
@@ -130,13 +131,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def check_output_dir(path: str) -> None:
-    """Fail fast (exit 2) on an output directory we cannot write."""
+    """Fail fast (exit 2) on an output folder that cannot be written. Creates nothing: a run
+    that fails before it starts leaves no empty folder behind."""
     if not path:
         return
-    target = Path(path)
+    target = Path(path).expanduser()
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UserError(f"--output-dir {path} is not writable: {existing} is not a folder")
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target):
+        with tempfile.NamedTemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise UserError(f"--output-dir {path} is not writable: {exc.strerror or exc}") from None
@@ -145,7 +149,11 @@ def check_output_dir(path: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         return resume_train(args)
-    config = config_from_args(args)
+    return start_train(config_from_args(args))
+
+
+def start_train(config: Config) -> int:
+    """A new run: cheap checks of its inputs first, then the run."""
     check_output_dir(config.train.output_dir)
     from slimtrack.data.documents import validate_dataset  # cheap checks before torch and the model load
     from slimtrack.data.tokenizer import load_tokenizer
@@ -196,12 +204,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def resume_train(args: argparse.Namespace) -> int:
-    from slimtrack.config import config_from_dict
-    from slimtrack.train.session import find_resume_point, run_training
+    """``--resume RUN_ID|FOLDER``: continue that run. ``--resume auto``: continue the run in
+    ``--output-dir`` if there is one, else start it (what a restarted ``torchrun`` wants)."""
+    from slimtrack.train.resume import auto_resume_point, config_to_resume, find_resume_point
+    from slimtrack.train.session import run_training
 
-    point = find_resume_point(args.resume)
-    # The checkpoint's config; only --max-chunks may change (extend the run).
-    config = config_from_dict(point.state["config"], max_chunks=getattr(args, "train.max_chunks"))
+    if args.resume == "auto":
+        point = auto_resume_point(getattr(args, "train.output_dir") or "")
+        if point is None:
+            return start_train(config_from_args(args))
+    else:
+        point = find_resume_point(args.resume)
+    # The run's own config; only --max-chunks may change (extend the run).
+    config = config_to_resume(point, max_chunks=getattr(args, "train.max_chunks"))
     return exit_code(run_training(config, resume=point, mlflow_process=start_mlflow_process_early(config)))
 
 

@@ -11,12 +11,14 @@ params of a run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from slimtrack.errors import UserError
 
+MAX_RUN_NAME = 200  # the run's folder is <time>-<run name>; file systems allow 255 bytes
 KERNELS = ("native", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -93,6 +95,9 @@ class TrainConfig:
                      "log_interval", "eval_chunks", "keep_checkpoints"):
             value = getattr(self, name)
             _require(value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip"):
+            value = getattr(self, name)
+            _require(math.isfinite(value), f"--{name.replace('_', '-')} must be a finite number, got {value}")
         _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         _require(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}")
@@ -122,9 +127,12 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "--experiment must not be empty")
+        _require(len(self.run_name) <= MAX_RUN_NAME, f"--run-name must be at most {MAX_RUN_NAME} characters "
+                 f"(it names the run's folder), got {len(self.run_name)}")
         for name in ("log_linger", "replay_interval", "final_replay_timeout"):
             value = getattr(self, name)
-            _require(value >= 0, f"--{name.replace('_', '-')} must be >= 0, got {value}")
+            _require(math.isfinite(value) and value >= 0,
+                     f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from conftest import run_cli
 from slimtrack.config import build_config
+from slimtrack.tracking.client import Client
 from slimtrack.train import session
 from slimtrack.train.loop import SlimPajamaTrainer
 from slimtrack.train.resume import config_to_resume, find_resume_point, read_run_file
@@ -68,8 +69,8 @@ def assert_stopped_cleanly(client: MlflowClient, out: Path, status: str = "KILLE
 
 def test_sighup_ends_the_run_like_sigterm(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = Client(uri)  # the store's tables exist before the run opens it (Client holds the file's lock)
     proc = start_train(tmp_path, uri)
-    client = MlflowClient(uri)
     wait_for_steps(client)
     proc.send_signal(signal.SIGHUP)
     _, stderr = proc.communicate(timeout=120)
@@ -85,8 +86,8 @@ def test_sighup_ends_the_run_like_sigterm(tmp_path):
 def test_a_closed_console_pipe_ends_the_run_cleanly(tmp_path):
     """`slimtrack train ... 2>&1 | head -1`: the reader goes away after the first line."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = Client(uri)
     proc = start_train(tmp_path, uri, "--log-interval", "1", stderr=subprocess.STDOUT)
-    client = MlflowClient(uri)
     proc.stdout.readline()
     wait_for_steps(client)
     proc.stdout.close()  # the next console line meets a closed pipe
@@ -192,3 +193,50 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_fails_the_run(tmp_path, mlf
     assert "tracking" not in outcome.message
     assert the_run(MlflowClient()).info.status == "FAILED"
     assert not [p for p in (out / "checkpoints").iterdir()]  # no partial temporary file left behind
+
+
+def rank_pids(rank: int) -> list[int]:
+    """Processes of slimtrack whose environment says RANK=<rank> (torchrun's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"slimtrack" in cmdline and b"train" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_rank_restarts_the_group_into_the_same_run(tmp_path):
+    """torchrun --max-restarts: kill -9 rank 1 mid-run; the group restarts, `--resume auto`
+    continues from the newest checkpoint, and the one MLflow run gets one point per step."""
+    from mlflow_server import free_port
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = Client(uri)
+    steps = 120
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--max-restarts", "2", "--master-port", str(free_port()), "-m", "slimtrack", "train",
+                             "--test", "--kernels", "torch", "--max-chunks", str(steps), "--checkpoint-interval", "5",
+                             "--viz-interval", "1000", "--resume", "auto", "--output-dir", str(tmp_path / "out")],
+                            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = wait_for_steps(client, minimum=8)
+        victims = rank_pids(1)
+        assert victims, "rank 1 not found"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("slimtrack").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # the restart continued the same run
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert steps_of(client, run_id) == list(range(1, steps + 1))
+    assert "resuming after step" in stderr

@@ -111,17 +111,18 @@ class VisualizationManager:
                 self._pending.append(request)  # a full deque drops its oldest request
             self._cond.notify()
 
-    def close(self, timeout: float = 120.0) -> None:
-        """Render once more at the current step (unless already asked for), then stop the worker."""
+    def close(self, timeout: float = 120.0, render_last: bool = True) -> None:
+        """Render once more at the current step (unless already asked for, or ``render_last``
+        is False: a resumed run with nothing new to draw), then stop the worker."""
         # Not rendered_steps: the worker may be drawing this step's render right now (the
         # run ended on a viz step), and a second one would log the same step's image twice.
-        if len(self.history) and self._requested_step != self.last_step:
+        if render_last and len(self.history) and self._requested_step != self.last_step:
             self.request_render()
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._worker.join(timeout)
-        if self._exported_step != self.last_step and not self._worker.is_alive():
+        if render_last and self._exported_step != self.last_step and not self._worker.is_alive():
             # The last render skipped the (throttled) history export: the run ends with all of it.
             history, _ = self.export_json(self._request_now(final=True))
             if history is not None:

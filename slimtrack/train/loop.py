@@ -29,10 +29,10 @@ SAMPLE_CHARS = 96  # tokens of the sample row shown as input/output text
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf: training stops, the last good checkpoint stays."""
+    """The loss became NaN or Inf: training stops; the checkpoints written before it stay."""
 
     def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"loss became {loss} at step {step}; stopping (last good checkpoint kept)")
+        super().__init__(f"loss became {loss} at step {step}; training stops")
         self.step = step
 
 
@@ -109,6 +109,7 @@ class SlimPajamaTrainer:
         self.world = world
         self.optimizer = build_optimizer(self.module, config.train, config.train.kernels)
         self.step = 0  # optimizer steps done
+        self.in_update = False  # True while an optimizer step is applied and not yet counted
         self.tokens_seen = 0
         self._process = psutil.Process()
 
@@ -132,6 +133,7 @@ class SlimPajamaTrainer:
         loss.backward()
         clip = self.config.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        self.in_update = True  # the weights move from step N to N+1 until fit counts the step
         self.optimizer.step()
         by_source = loss_sums_by_source(row_loss.cpu(), chunk.sources[:, 1:].reshape(-1), self.source_names())
         return StepResult(float(loss.detach()), float(accuracy), float(grad_norm), by_source, sample)
@@ -203,13 +205,15 @@ class SlimPajamaTrainer:
             reduced = reduce_step(self.world, result.loss, result.accuracy, tokens, seconds, result.by_source,
                                   hooks.stop_requested())
             self.step += 1
+            self.in_update = False
             self.tokens_seen += reduced.tokens
             record = self.make_record(reduced, result.grad_norm, lr, seconds)
             record.data_wait_ms = data_wait * 1000.0
             if not math.isfinite(record.loss):
                 hooks.on_step(record, None)
                 raise NonFiniteLossError(self.step, record.loss)
-            if self.world.is_main and (self.step % cfg.eval_interval == 0 or self.step == cfg.max_chunks):
+            if self.world.is_main and val_chunks and (self.step % cfg.eval_interval == 0
+                                                      or self.step == cfg.max_chunks):
                 record.val_loss, record.val_accuracy = self.evaluate(val_chunks)
             if result.sample is not None:
                 result.sample["step"] = self.step
@@ -226,6 +230,7 @@ class LoopHooks:
     def on_step(self, record: TrainingMetrics, sample: dict[str, Any] | None) -> None: ...
     def on_checkpoint(self, step: int) -> None: ...
     def stop_requested(self) -> bool: return False
+    def close(self) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
