@@ -67,10 +67,15 @@ def test_sync_delivers_a_spool_whose_server_never_came_back(tmp_path: Path):
     out = tmp_path / "out"
     # nobody listens here; the credentials must never show up anywhere
     dead = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
+    # Checkpoints every 2 steps, 3 kept: the spool names step_000002.pt, which is gone by the sync.
+    started = time.monotonic()
     result = run_cli("train", "--test", "--kernels", "torch", "--max-chunks", "8", "--viz-interval", "4",
-                     "--output-dir", str(out), "--final-replay-timeout", "1", cwd=tmp_path,
-                     env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw"})
+                     "--checkpoint-interval", "2", "--output-dir", str(out), "--final-replay-timeout", "1",
+                     cwd=tmp_path, env={"MLFLOW_TRACKING_URI": dead, "MLFLOW_TRACKING_PASSWORD": "hunter2-pw"})
     assert result.returncode == 0, result.stderr[-3000:]
+    # An unreachable server costs retries of seconds, not MLflow's own minutes of them per call.
+    assert time.monotonic() - started < 180, result.stderr[-3000:]
+    assert not (out / "checkpoints" / "step_000002.pt").exists()
     assert "slimtrack sync" in result.stderr
     for secret in ("s3cret-pw", "hunter2-pw"):
         assert secret not in result.stdout + result.stderr

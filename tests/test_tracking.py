@@ -178,3 +178,39 @@ def test_redact_uri_and_null_tracker():
     null = NullTracker()
     null.log_record(record(1))
     assert null.flush() and null.run_id is None
+
+
+def _spool_started_offline(tmp_path: Path, missing: Path) -> "Spool":
+    """What a run that never reached its store leaves: the start, metrics, a checkpoint since rotated away."""
+    from slimtrack.tracking.operations import LogArtifact, LogMetrics
+    from slimtrack.tracking.spool import Spool
+
+    spool = Spool(tmp_path / "out")
+    spool.append([StartRun(experiment="exp-offline", run_name="offline", run_key="key-offline"),
+                  LogMetrics(points=[("loss", 1.0, 1000, 1), ("loss", 0.9, 2000, 2)]),
+                  LogArtifact(path=str(missing), artifact_path="checkpoints"),
+                  LogMetrics(points=[("loss", 0.8, 3000, 3)])])
+    return spool
+
+
+def test_a_replay_killed_after_creating_the_run_and_replayed_again_creates_it_once(mlflow_store, tmp_path):
+    spool = _spool_started_offline(tmp_path, tmp_path / "gone.pt")
+    first = Delivery(MlflowSink(Client()), spool)
+    first.deliver(spool.read()[0])  # the first replay creates the run and dies before it rewrites the spool
+    first.deliver(spool.read()[1])
+    again = Delivery(MlflowSink(Client()), spool)
+    again.offline = True
+    assert again.replay() == 4 and not again.offline and len(spool) == 0
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("exp-offline").experiment_id])
+    assert [r.info.run_id for r in runs] == [again.run_id]
+    assert sorted(m.step for m in client.get_metric_history(again.run_id, "loss")) == [1, 2, 3]
+
+
+def test_a_spooled_checkpoint_that_was_rotated_away_does_not_block_the_rest(mlflow_store, tmp_path):
+    spool = _spool_started_offline(tmp_path, tmp_path / "out" / "checkpoints" / "step_000005.pt")
+    delivery = Delivery(MlflowSink(Client()), spool)
+    delivery.offline = True
+    assert delivery.replay() == 4 and len(spool) == 0
+    assert delivery.missing_files == [str(tmp_path / "out" / "checkpoints" / "step_000005.pt")]
+    assert sorted(m.step for m in MlflowClient().get_metric_history(delivery.run_id, "loss")) == [1, 2, 3]
