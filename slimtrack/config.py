@@ -21,6 +21,7 @@ from slimtrack.errors import UserError
 MAX_RUN_NAME = 200  # the run's folder is <time>-<run name>; file systems allow 255 bytes
 KERNELS = ("native", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+LOG_CHECKPOINTS = ("none", "last", "all")
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
@@ -88,6 +89,12 @@ class TrainConfig:
     kernels: str = setting("native", "native (numba kernels, oneDNN linear layers) or torch "
                            "(F.cross_entropy + AdamW)", choices=KERNELS)
     num_threads: int = setting(0, "torch and numba threads; 0 = this process's share of the cores")
+    grad_accum: int = setting(1, "micro-batches per optimizer step (each one chunk of batch_size rows)")
+    peak_tflops: float = setting(0.0, "the device's peak TFLOP/s for mfu; 0 = a known GPU's bf16 peak, or a "
+                                 "matmul probe at start on CPU")
+    sample_prompts: int = setting(4, "validation prompts continued at every viz interval (0 = no samples)")
+    sample_tokens: int = setting(64, "tokens generated per prompt at every viz interval")
+    sample_temperature: float = setting(0.8, "sampling temperature of the generated samples (0 = greedy)")
     output_dir: str = setting("", "local files of the run; empty = outputs/<timestamp>-<run name>")
 
     def __post_init__(self) -> None:
@@ -107,6 +114,13 @@ class TrainConfig:
         _require(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         _require(self.kernels in KERNELS, f"--kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
         _require(self.num_threads >= 0, f"--num-threads must be >= 0, got {self.num_threads}")
+        _require(self.grad_accum > 0, f"--grad-accum must be positive, got {self.grad_accum}")
+        for name in ("peak_tflops", "sample_temperature"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0,
+                     f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        _require(self.sample_prompts >= 0, f"--sample-prompts must be >= 0, got {self.sample_prompts}")
+        _require(self.sample_tokens > 0, f"--sample-tokens must be positive, got {self.sample_tokens}")
 
 
 @dataclass
@@ -124,12 +138,21 @@ class TrackingConfig:
                                           "leaving the spool")
     mlflow_process: bool = setting(True, "MLflow's calls run in a child process, off the training "
                                    "process's GIL (else in a thread of the training process)")
+    system_metrics: bool = setting(True, "MLflow's system metrics (CPU, memory, disk, network; GPU on "
+                                   "CUDA) sampled in the MLflow process")
+    system_metrics_interval: float = setting(10.0, "seconds between two system-metrics samples")
+    log_checkpoints: str = setting("last", "checkpoints uploaded to the run: none, last (only the newest "
+                                   "stays in the store) or all", choices=LOG_CHECKPOINTS)
+    register_model: str = setting("", "register the final model as a new version of this model name "
+                                  "(empty = no registration)")
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "--experiment must not be empty")
         _require(len(self.run_name) <= MAX_RUN_NAME, f"--run-name must be at most {MAX_RUN_NAME} characters "
                  f"(it names the run's folder), got {len(self.run_name)}")
-        for name in ("log_linger", "replay_interval", "final_replay_timeout"):
+        _require(self.log_checkpoints in LOG_CHECKPOINTS,
+                 f"--log-checkpoints must be one of {', '.join(LOG_CHECKPOINTS)}, got {self.log_checkpoints!r}")
+        for name in ("log_linger", "replay_interval", "final_replay_timeout", "system_metrics_interval"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value >= 0,
                      f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import argparse
 import dataclasses
 import re
@@ -19,9 +21,11 @@ GIVEN = {
     "train": dict(max_chunks=7, lr=0.002, min_lr_ratio=0.5, warmup_steps=3, weight_decay=0.2, beta1=0.8,
                   beta2=0.9, grad_clip=0.5, eval_interval=11, eval_chunks=2, checkpoint_interval=13,
                   keep_checkpoints=4, viz_interval=17, log_interval=19, seed=7, device="cpu", kernels="torch",
-                  num_threads=1, output_dir="out/here"),
+                  num_threads=1, output_dir="out/here", grad_accum=2, peak_tflops=1.5, sample_prompts=3,
+                  sample_tokens=9, sample_temperature=0.5),
     "tracking": dict(enabled=False, experiment="other", run_name="named", log_model=False, log_linger=1.5,
-                     replay_interval=2.5, final_replay_timeout=3.5, mlflow_process=False),
+                     replay_interval=2.5, final_replay_timeout=3.5, mlflow_process=False, system_metrics=False,
+                     system_metrics_interval=4.5, log_checkpoints="all", register_model="my-model"),
     "runtime": dict(background_nice=5, malloc_tuning=False, onednn_linear=False, cuda_fast_launch=False),
 }
 FLAG_NAMES = {("tracking", "enabled"): "tracking"}  # flags not named after their field
@@ -194,9 +198,11 @@ def test_resume_takes_the_checkpoints_config_and_max_chunks(monkeypatch):
 
     from slimtrack.train import session
 
+    from slimtrack.train import resume
+
     saved = build_config("test", **{"tracking.enabled": False, "runtime.onednn_linear": False}).as_dict()
     ran = []
-    monkeypatch.setattr(session, "find_resume_point", lambda target: SimpleNamespace(state={"config": saved}))
+    monkeypatch.setattr(resume, "find_resume_point", lambda target: resume.ResumePoint(Path("."), None, saved))
     monkeypatch.setattr(session, "run_training", lambda config, **kw: ran.append(config)
                         or SimpleNamespace(message="", status="FINISHED"))
     assert main(["train", "--resume", "some-run", "--max-chunks", "50", "--lr", "0.5"]) == 0
