@@ -5,7 +5,7 @@ The ``train`` subcommand's flags come from the config dataclasses: one flag per 
 defaults to None, so only flags given explicitly override the preset.
 
 Exit status: 0 done, 1 the run failed (NaN loss, a bug), 2 bad input (one line
-on stderr, before any heavy work), 130 interrupted (Ctrl-C / SIGTERM).
+on stderr, before any heavy work), 130 stopped (Ctrl-C, SIGTERM, SIGHUP, a lost console).
 """
 
 from __future__ import annotations

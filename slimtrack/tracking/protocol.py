@@ -3,7 +3,8 @@
 The run depends on this protocol only. :class:`~slimtrack.tracking.tracker.MlflowTracker`
 implements it for rank 0 of a tracked run; :class:`NullTracker` for ``--no-tracking`` and
 for DDP ranks other than 0. Nothing here imports MLflow, so a run without tracking never
-does. Every ``log_*`` call returns at once.
+does. Every ``log_*`` call returns at once, except ``log_model``, which runs at the end of a
+run and returns once the model is in the store.
 """
 
 from __future__ import annotations

@@ -92,7 +92,8 @@ def _train(job: Job, stop: StopFlag) -> RunOutcome:
     if status == "FINISHED" and job.trainer.step < job.config.train.max_chunks:
         message = f"the training data ran out after {job.trainer.step} of {job.config.train.max_chunks} chunks"
         status = "FAILED" if job.trainer.step == 0 else status
-    save_final = checkpoints_work and status != "FAILED" and job.trainer.step > 0
+    # A second Ctrl-C can land inside an optimizer update: those weights are no step's state.
+    save_final = checkpoints_work and status != "FAILED" and job.trainer.step > 0 and not job.trainer.in_update
     status, message = finish(job, hooks, status, stop, save_final=save_final, message=message)
     if job.skips.total:
         print(f"slimtrack: rank {job.world.rank} skipped {job.skips.summary()}", file=sys.stderr)
