@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogMetrics, LogParams, Operation, RunRef,
-                                           SetTag, StartRun)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, Operation,
+                                           RunRef, SetTag, StartRun)
 
 
 class RecordingSink:
@@ -36,6 +36,9 @@ class RecordingSink:
         self._take(op)
 
     def log_image(self, op: LogImage) -> None:
+        self._take(op)
+
+    def log_inputs(self, op: LogInputs) -> None:
         self._take(op)
 
     def set_tag(self, op: SetTag) -> None:

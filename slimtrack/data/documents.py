@@ -94,6 +94,11 @@ def _local_split(path: Path, split: str) -> tuple[list[Path], Callable[[Document
     return files, lambda document: is_held_out(document) == want_held_out
 
 
+def local_split_files(path: Path, split: str) -> list[Path]:
+    """The files a local dataset's split reads (validation carved from train reads train's)."""
+    return _local_split(path, split)[0]
+
+
 def _data_files(folder: Path, dataset: Path) -> list[Path]:
     files = data_files_under(folder)
     if not files:

@@ -38,6 +38,7 @@ class Sink(Protocol):
     def log_params(self, op: "LogParams") -> None: ...
     def log_artifact(self, op: "LogArtifact") -> None: ...
     def log_image(self, op: "LogImage") -> None: ...
+    def log_inputs(self, op: "LogInputs") -> None: ...
     def set_tag(self, op: "SetTag") -> None: ...
     def end_run(self, op: "EndRun") -> None: ...
     def logged_steps(self, run_id: str) -> dict[str, int]: ...
@@ -121,6 +122,18 @@ class LogImage(Operation):
 
 
 @dataclass
+class LogInputs(Operation):
+    """Dataset inputs (lineage): each a ``data.lineage.SplitDescription`` dict plus its
+    ``context`` ("training", "validation")."""
+
+    kind: ClassVar[str] = "log_inputs"
+    datasets: list[dict[str, str]] = field(default_factory=list)
+
+    def apply(self, sink: Sink) -> None:
+        sink.log_inputs(self)
+
+
+@dataclass
 class SetTag(Operation):
     kind: ClassVar[str] = "set_tag"
     key: str = ""
@@ -140,7 +153,7 @@ class EndRun(Operation):
 
 
 KINDS: dict[str, type[Operation]] = {cls.kind: cls for cls in
-                                     (StartRun, LogMetrics, LogParams, LogArtifact, LogImage, SetTag, EndRun)}
+                                     (StartRun, LogMetrics, LogParams, LogArtifact, LogImage, LogInputs, SetTag, EndRun)}
 
 
 def from_json(line: str) -> Operation:

@@ -23,8 +23,8 @@ import sys
 from typing import Any
 
 from slimtrack.runtime.child import ChildGone, ChildProcess
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogMetrics, LogParams, RunRef, SetTag,
-                                           Sink, StartRun)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, RunRef,
+                                           SetTag, Sink, StartRun)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ class SinkProcess:
     def log_image(self, op: LogImage) -> None:
         self._ask("log_image", op)
 
+    def log_inputs(self, op: LogInputs) -> None:
+        self._ask("log_inputs", op)
+
     def set_tag(self, op: SetTag) -> None:
         self._ask("set_tag", op)
 
@@ -103,6 +106,12 @@ class SinkProcess:
 
     def logged_steps(self, run_id: str) -> dict[str, int]:
         return self._ask("logged_steps", run_id)
+
+    def start_system_metrics(self, run_id: str, interval: float, resume: bool) -> None:
+        self._ask("start_system_metrics", (run_id, interval, resume))
+
+    def stop_system_metrics(self) -> None:
+        self._ask("stop_system_metrics", None)
 
     def _ask(self, method: str, argument: Any) -> Any:
         if not self.in_process:
@@ -127,9 +136,12 @@ _SINK_METHODS = {
     "log_params": lambda sink, op: sink.log_params(op),
     "log_artifact": lambda sink, op: sink.log_artifact(op),
     "log_image": lambda sink, op: sink.log_image(op),
+    "log_inputs": lambda sink, op: sink.log_inputs(op),
     "set_tag": lambda sink, op: sink.set_tag(op),
     "end_run": lambda sink, op: sink.end_run(op),
     "logged_steps": lambda sink, run_id: sink.logged_steps(run_id),
+    "start_system_metrics": lambda sink, args: sink.start_system_metrics(*args),
+    "stop_system_metrics": lambda sink, _: sink.stop_system_metrics(),
 }
 
 

@@ -7,11 +7,13 @@ is the delivery's business (delivery.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from slimtrack.tracking.client import Client
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogMetrics, LogParams, RunRef, SetTag,
-                                           StartRun)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, RunRef,
+                                           SetTag, StartRun)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI opens the experiment in Model-training mode
@@ -23,6 +25,7 @@ MAX_PARAMS_PER_BATCH = 100
 class MlflowSink:
     def __init__(self, client: Client) -> None:
         self.client = client
+        self._monitor: Any = None  # MLflow's system-metrics monitor, while one runs
 
     def start_run(self, op: StartRun) -> RunRef:
         client = self.client
@@ -68,11 +71,35 @@ class MlflowSink:
     def log_image(self, op: LogImage) -> None:
         self.client.log_png(op.run_id, op.path, key=op.key, step=op.step)
 
+    def log_inputs(self, op: LogInputs) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(Dataset(d["name"], d["digest"], d["source_type"], d["source"], d.get("schema")),
+                               [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in op.datasets]
+        self.client.log_inputs(op.run_id, datasets=inputs)
+
     def set_tag(self, op: SetTag) -> None:
         self.client.set_tag(op.run_id, op.key, op.value)
 
     def end_run(self, op: EndRun) -> None:
         self.client.set_terminated(op.run_id, status=RunStatus.to_string(RunStatus.from_string(op.status)))
+
+    # ---- services of the process the sink runs in (not operations: never spooled) -----------
+    def start_system_metrics(self, run_id: str, interval: float, resume: bool) -> None:
+        """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU where
+        nvidia-ml-py finds one), sampling every ``interval`` seconds into ``system/*``."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.stop_system_metrics()
+        self._monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
+                                             tracking_uri=self.client.tracking_uri)
+        self._monitor.start()
+
+    def stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
 
     def logged_steps(self, run_id: str) -> dict[str, int]:
         """Each key's last step in the store. A kill or an outage can land between two

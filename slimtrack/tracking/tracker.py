@@ -26,7 +26,8 @@ from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.runtime.child import ChildProcess
 from slimtrack.tracking.delivery import Delivery, first_line
-from slimtrack.tracking.operations import EndRun, LogArtifact, LogImage, LogMetrics, LogParams, SetTag, StartRun
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, SetTag,
+                                           StartRun)
 from slimtrack.tracking.process import SinkProcess, apply_http_policy
 from slimtrack.tracking.protocol import TrackingCost
 from slimtrack.tracking.spool import Spool
@@ -50,15 +51,21 @@ class TrackerSettings:
     replay_interval: float = 10.0  # offline: seconds between attempts to replay the spool
     final_replay_timeout: float = 30.0  # at the end of an offline run: seconds to keep trying
     background_nice: int = 10  # how much nicer than the training threads the worker runs
+    system_metrics: bool = False  # MLflow's system-metrics monitor, in the MLflow process
+    system_metrics_interval: float = 10.0  # seconds between two samples
+    register_model: str = ""  # the registered model the final model becomes a version of
 
 
 class MlflowTracker:
     """Non-blocking, outage-proof MLflow logging for one run."""
 
-    def __init__(self, delivery: Delivery, settings: TrackerSettings, process: SinkProcess | None) -> None:
+    def __init__(self, delivery: Delivery, settings: TrackerSettings, process: SinkProcess | None,
+                 resumed: bool = False) -> None:
         self.delivery = delivery
         self.settings = settings
         self.process = process  # the MLflow process's sink, once the run is open
+        self._resumed = resumed  # a continued run: system metrics go on from its last step
+        self._monitoring = False  # the system-metrics monitor runs
         self.worker = DeliveryWorker(delivery, linger=settings.log_linger, replay_interval=settings.replay_interval,
                                      background_nice=settings.background_nice, before_first=self._open_process)
         self._table_paths: list[str] = []
@@ -86,7 +93,7 @@ class MlflowTracker:
         process = SinkProcess(mlflow_process) if mlflow_process is not None else None
         if process is not None:
             delivery.sink = process
-        return cls(delivery, settings, process)
+        return cls(delivery, settings, process, resumed=resume_run_id is not None)
 
     @property
     def run_id(self) -> str | None:
@@ -118,6 +125,13 @@ class MlflowTracker:
     def log_image(self, png_path: Path, key: str, step: int) -> None:
         self.worker.put(LogImage(path=str(png_path), key=key, step=step))
 
+    def log_inputs(self, datasets: list[dict[str, str]]) -> None:
+        """Dataset inputs of the run (``data.lineage``), each with its ``context``."""
+        self.worker.put(LogInputs(datasets=datasets))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.worker.put(SetTag(key=key, value=value))
+
     def log_table_file(self, local_path: Path, artifact_path: str) -> None:
         """Upload a file already in MLflow's table format and register it as a table.
 
@@ -140,7 +154,7 @@ class MlflowTracker:
             say("tracking server unreachable: the final model is not logged (the checkpoints hold it)")
             return
         try:
-            log_pt2_model(self.run_id, model, input_example)
+            log_pt2_model(self.run_id, model, input_example, register_as=self.settings.register_model)
         except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
             log.error("mlflow: could not log the final model: %s", redact_text(str(exc)))
 
@@ -162,6 +176,7 @@ class MlflowTracker:
         any run that did not finish."""
         self.flush()
         self.worker.stop()
+        self._stop_system_metrics()
         run = self.delivery.run
         if run is None or run.started_here or status != "FINISHED":
             self.delivery.send([EndRun(status=status)])
@@ -196,11 +211,27 @@ class MlflowTracker:
         return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))}  then open http://127.0.0.1:5000/{path}"
 
     def _open_process(self) -> None:
-        """On the worker, before the first delivery: the MLflow process opens this process's store."""
+        """On the worker, before the first delivery: the MLflow process opens this process's
+        store, and starts sampling system metrics once the run exists."""
         if self.process is not None:
             import mlflow
 
             self.process.ready(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+        if self.settings.system_metrics and self.run_id is not None and not self.offline:
+            self._services().start_system_metrics(self.run_id, self.settings.system_metrics_interval, self._resumed)
+            self._monitoring = True
+
+    def _stop_system_metrics(self) -> None:
+        if self._monitoring:
+            try:
+                self._services().stop_system_metrics()
+            except Exception as exc:  # noqa: BLE001 — the samples so far are in the store
+                log.warning("mlflow: stopping the system-metrics monitor failed: %s", redact_text(str(exc)))
+            self._monitoring = False
+
+    def _services(self) -> Any:
+        """Where the MLflow services run: the MLflow process, else the in-process sink."""
+        return self.process if self.process is not None else self.delivery.sink
 
 
 def open_delivery(spool: Spool | None) -> Delivery:

@@ -17,6 +17,7 @@ The console then says how to continue (``slimtrack train --resume FOLDER``).
 from __future__ import annotations
 
 import copy
+import os
 import shlex
 import sys
 import time
@@ -44,6 +45,9 @@ class RunOutcome:
     output_dir: Path
     steps: int
     message: str = ""
+
+
+LATEST_CHECKPOINT = "latest.pt"
 
 
 class CheckpointWriteError(RuntimeError):
@@ -114,10 +118,29 @@ def write_checkpoint(job: Job, step: int) -> None:
     directory = job.output_dir / "checkpoints"
     try:
         path = save_checkpoint(directory, step, checkpoint_state(job, step), job.config.train.keep_checkpoints)
+        upload_checkpoint(job, path, step)
     except OSError as exc:
         raise CheckpointWriteError(f"could not write the checkpoint of step {step} in {directory}: "
                                    f"{exc.strerror or exc}") from None
-    job.tracker.log_artifact(path, "checkpoints")
+
+
+def upload_checkpoint(job: Job, path: Path, step: int) -> None:
+    """The checkpoint into the run's artifacts, as ``--log-checkpoints`` says: ``all`` keeps
+    every one (``checkpoints/step_NNNNNN.pt``); ``last`` overwrites one path,
+    ``checkpoints/latest.pt`` (a hard link to the newest file, so the upload reads the file
+    that is newest when it runs) and names it in the tag ``slimtrack.latest_checkpoint``, so the store holds one optimizer state
+    however long the run; ``none`` uploads nothing."""
+    mode = job.config.tracking.log_checkpoints
+    if mode == "all":
+        job.tracker.log_artifact(path, "checkpoints")
+    elif mode == "last":
+        latest = job.output_dir / "checkpoints" / "upload" / LATEST_CHECKPOINT
+        latest.parent.mkdir(exist_ok=True)
+        link = latest.with_name(f".{LATEST_CHECKPOINT}.{step}")
+        os.link(path, link)
+        os.replace(link, latest)
+        job.tracker.log_artifact(latest, "checkpoints")
+        job.tracker.set_tag("slimtrack.latest_checkpoint", path.name)
 
 
 def save_after_crash(job: Job) -> None:
