@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,14 @@ from slimpajama_fixture import (
     write_parquet,
     write_raw_zst,
 )
-from slimtrack.data.chunks import ChunkStream, make_chunks
+from slimtrack.data import readers
+from slimtrack.data.chunks import ChunkStream, make_chunks, piece_bounds
 from slimtrack.data.documents import Document, SkipStats, iter_documents, validate_dataset
 from slimtrack.data.holdout import is_held_out
 from slimtrack.data.embedded import DOCS_SET, STDLIB_SET, embedded_entries
 from slimtrack.errors import DataError, UserError
 from slimtrack.data.readers import data_files_under
-from slimtrack.data.tokenizer import ByteTokenizer
+from slimtrack.data.tokenizer import ByteTokenizer, HuggingFaceTokenizer
 
 
 def read_all(dataset, split="train", **shard) -> tuple[list[Document], SkipStats]:
@@ -106,6 +108,107 @@ def test_a_long_document_spans_many_chunks():
     chunks = list(ChunkStream(documents, ByteTokenizer(), batch_size=2, seq_len=99))
     assert len(chunks) == 10_002 // 200
     assert all(c.tokens.flatten().tolist() == [120] * 200 for c in chunks)
+
+
+def whole_document_chunks(documents, tokenizer, batch_size, seq_len) -> list[tuple[list, list]]:
+    """(tokens, sources) of each chunk, from each document encoded whole: the reference."""
+    names = list(dict.fromkeys(d.source for d in documents))
+    tokens = [t for d in documents for t in [*tokenizer.encode(d.text), tokenizer.eos_id]]
+    sources = [names.index(d.source) for d in documents for _ in range(len(tokenizer.encode(d.text)) + 1)]
+    size = batch_size * (seq_len + 1)
+    return [(tokens[k:k + size], sources[k:k + size]) for k in range(0, len(tokens) - size + 1, size)]
+
+
+def test_documents_longer_than_a_piece_give_the_chunks_of_whole_documents():
+    tokenizer = ByteTokenizer()
+    long_text = "".join(f"word{i} naïve 東京 🚀 \ud800\n" for i in range(300))  # multi-byte and a lone surrogate
+    documents = [Document("ab", "A"), Document(long_text, "B"), Document("short ✓", "A"),
+                 Document(long_text[::-1], "C"), Document("tail", "B")]
+    expected = whole_document_chunks(documents, tokenizer, batch_size=3, seq_len=10)
+    assert len(expected) > 100
+    for piece_chars in (1, 7, 64, 10**9):
+        stream = ChunkStream(documents, tokenizer, batch_size=3, seq_len=10, piece_chars=piece_chars)
+        chunks = [(c.tokens.flatten().tolist(), c.sources.flatten().tolist()) for c in stream]
+        assert chunks == expected, piece_chars
+        assert stream.source_names == ["A", "B", "C"]
+    resumed = ChunkStream(documents, tokenizer, batch_size=3, seq_len=10, piece_chars=7)
+    resumed.skip(40)
+    assert [c.tokens.flatten().tolist() for c in resumed] == [tokens for tokens, _ in expected[40:]]
+
+
+@pytest.mark.parametrize("cuts_anywhere", [True, False])
+def test_pieces_cover_the_text_and_cut_where_allowed(cuts_anywhere):
+    text = "alpha  beta\tgamma\n\n" + "x" * 50 + " delta epsilon zeta eta " + "y" * 7
+    for piece_chars in (1, 3, 8, 20, len(text) - 1, len(text)):
+        bounds = list(piece_bounds(text, piece_chars, cuts_anywhere))
+        assert bounds[0][0] == 0 and bounds[-1][1] == len(text)
+        assert all(end == next_start for (_, end), (next_start, _) in zip(bounds, bounds[1:]))
+        assert all(start < end for start, end in bounds)
+        for start, end in bounds[:-1]:
+            if cuts_anywhere:
+                assert end - start == piece_chars
+            else:
+                assert piece_chars <= end - start <= 2 * piece_chars
+                at_word_end = not text[end - 1].isspace() and text[end].isspace()
+                assert at_word_end or end - start == 2 * piece_chars
+    assert list(piece_bounds("short", 10, cuts_anywhere)) == [(0, 5)]
+
+
+def test_a_byte_level_bpe_gives_the_same_ids_in_pieces():
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    rust = RustTokenizer(models.BPE())
+    rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    corpus = ["the quick brown fox jumps over the lazy dog", "naïve café, it's 42 times\n\n  indented"] * 5
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    rust.train_from_iterator(corpus, trainer)
+    tokenizer = HuggingFaceTokenizer(rust, name="test-bpe")
+    documents = [Document("   ".join(corpus) * 3, "A"), Document("over the lazy dog\n" * 4 + "the end", "B")]
+    expected = whole_document_chunks(documents, tokenizer, batch_size=2, seq_len=8)
+    for piece_chars in (13, 16, 40):  # above the longest word with its spaces: every cut is at a word end
+        stream = ChunkStream(documents, tokenizer, batch_size=2, seq_len=8, piece_chars=piece_chars)
+        assert [(c.tokens.flatten().tolist(), c.sources.flatten().tolist()) for c in stream] == expected
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_lines_longer_than_a_read_block_are_read_whole(tmp_path, monkeypatch, compressed):
+    monkeypatch.setattr(readers, "_READ_BLOCK", 16)
+    records = [{"text": "x" * 100 + " ✓ " + "y" * 57, "meta": {"redpajama_set_name": "A"}},
+               {"text": "short", "meta": {"redpajama_set_name": "B"}},
+               {"text": "z" * 40, "meta": {"redpajama_set_name": "C"}}]
+    payload = b"\xef\xbb\xbf" + jsonl_bytes(records).rstrip(b"\n")  # a byte order mark, no newline at the end
+    path = tmp_path / ("a.jsonl.zst" if compressed else "a.jsonl")
+    if compressed:
+        write_raw_zst(path, payload)
+    else:
+        path.write_bytes(payload)
+    skips = SkipStats()
+    documents = list(readers.read_file(path, skips, readers.Shard()))
+    assert documents == [Document(r["text"], r["meta"]["redpajama_set_name"]) for r in records]
+    assert skips.total == 0
+
+
+def test_a_long_document_is_held_at_most_twice(tmp_path):
+    import torch  # noqa: F401  (the first chunk imports it; its own memory is not measured)
+
+    text = "".join(f"w{i % 997} " + ("\n" if i % 13 == 0 else "") for i in range(1_500_000))
+    size = len(text)  # ASCII: one byte per character in the line, the str and the tokens
+    write_jsonl(tmp_path / "train" / "a.jsonl", [{"text": text, "meta": {"redpajama_set_name": "A"}}])
+    write_jsonl(tmp_path / "validation" / "b.jsonl", good_records(1))  # so train is read without the hold-out
+    del text
+    stream, _ = make_chunks(str(tmp_path), "train", ByteTokenizer(), 4, 63)
+    chunks = iter(stream)
+    tracemalloc.start()
+    try:
+        next(chunks)
+        held_while_consumed, peak = tracemalloc.get_traced_memory()
+        for _ in range(50):
+            next(chunks)
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * size  # read, decoded, parsed: never three copies at once
+    assert held_while_consumed < 1.5 * size  # the text, and tokens of one piece only
 
 
 def test_skip_equals_dropping_chunks(tree):

@@ -16,10 +16,19 @@ truncated ``.zst`` ends silently as if complete, and a number in ``text`` is cas
 string, so ``not_string`` could never be counted. Reading the lines here counts each bad
 record on its own. Parquet is read with pyarrow directly for the same reason (exact
 column types). Hub datasets do go through ``datasets`` (see documents.py).
+
+Memory: a JSON line has to be parsed whole, since ``json`` has no streaming parser and a
+document's text is one JSON string, so a line is read into memory as one piece however
+long it is. Each form of it is dropped as soon as the next exists: the block pieces once
+joined, the raw bytes once decoded, the decoded line once parsed, and the document once
+the reader moves on. So a long line is held at most twice at any moment (while it is
+joined, decoded or parsed), and once while its document is consumed; the chunk stream
+encodes that text in bounded pieces (see chunks.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter
@@ -32,6 +41,8 @@ import zstandard
 DATA_SUFFIXES = (".jsonl", ".jsonl.zst", ".parquet")
 UNKNOWN_SOURCE = "unknown"
 _READ_BLOCK = 1 << 20
+_UTF8_BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile("[\ud800-\udfff]")  # what str.encode("utf-8") refuses
 
 
 @dataclass(frozen=True)
@@ -93,13 +104,10 @@ def document_from_record(record: Any) -> Document | str:
         return "no_text"
     if not isinstance(text, str):
         return "not_string"
-    if not text.strip():
+    if not text or text.isspace():  # as "not text.strip()", without copying a long text
         return "empty_text"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")  # JSON "\ud800" escapes decode to lone surrogates
-        except UnicodeEncodeError:
-            return "bad_utf8"
+    if not text.isascii() and _SURROGATE.search(text):  # JSON "\ud800" escapes decode to lone surrogates
+        return "bad_utf8"
     return Document(text, _source_name(record.get("meta")))
 
 
@@ -149,27 +157,40 @@ def read_file(path: Path, skips: SkipStats, shard: Shard) -> Iterator[Document]:
 
 
 def _read_jsonl(path: Path, skips: SkipStats, shard: Shard) -> Iterator[Document]:
+    """The documents of a JSON-lines file. A line's bytes, its decoded text and its
+    document are each released (``del``) as soon as the next form exists, so that a
+    long line is never held more than twice (see the module docstring)."""
     name = str(path)
+    first = True
     try:
-        for number, line in enumerate(_lines(path)):
-            if number == 0 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a UTF-8 byte order mark, which json.loads refuses
-            if not line.strip() or not shard.take():
+        for line in _lines(path):
+            if first and line.startswith(_UTF8_BOM):
+                line = line[len(_UTF8_BOM):]  # a UTF-8 byte order mark, which json.loads refuses
+            first = False
+            if not line or line.isspace() or not shard.take():
                 continue  # blank lines are not records (pyarrow and datasets agree)
-            document = _document_from_line(line)
+            text = _utf8(line)
+            del line
+            document = "bad_utf8" if text is None else _document_from_json(text)
+            del text
             if isinstance(document, str):
                 skips.add(document, name)
             else:
                 yield document
+            del document
     except (OSError, zstandard.ZstdError, TruncatedError):
         skips.add("corrupt_file", name)
 
 
-def _document_from_line(line: bytes) -> Document | str:
+def _utf8(line: bytes) -> str | None:
+    """The line decoded, or None when it is not valid UTF-8."""
     try:
-        text = line.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError:
-        return "bad_utf8"
+        return None
+
+
+def _document_from_json(text: str) -> Document | str:
     try:
         record = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the limit
@@ -178,15 +199,36 @@ def _document_from_line(line: bytes) -> Document | str:
 
 
 def _lines(path: Path) -> Iterator[bytes]:
-    """The lines of a file (zstd-decompressed when it ends in .zst), without newlines."""
+    """The lines of a file (zstd-decompressed when it ends in .zst), without newlines.
+
+    A line that spans blocks is gathered in one growing buffer, so reading it takes time
+    in proportion to its length, and the memory of the blocks it came in is reused, not
+    kept. Once yielded, such a line is referenced nowhere here, so the reader can free it
+    as soon as it is decoded (a line inside one block stays referenced by that block's
+    list of lines, which is bounded by the block)."""
     blocks = _zstd_blocks(path) if path.name.endswith(".zst") else _plain_blocks(path)
-    rest = b""
+    partial = bytearray()  # the start of a line that continues in a later block
     for block in blocks:
-        lines = (rest + block).split(b"\n")
-        rest = lines.pop()
-        yield from lines
-    if rest:
-        yield rest
+        lines = block.split(b"\n")
+        if len(lines) == 1:
+            partial += block  # no line ends in this block
+            continue
+        if partial:
+            partial += lines[0]
+            yield _drain(partial)
+        else:
+            yield lines[0]
+        yield from itertools.islice(lines, 1, len(lines) - 1)
+        partial += lines[-1]
+    if partial:
+        yield _drain(partial)
+
+
+def _drain(buffer: bytearray) -> bytes:
+    """The buffer's contents as bytes; the buffer is emptied, which frees its memory."""
+    line = bytes(buffer)
+    buffer.clear()
+    return line
 
 
 def _plain_blocks(path: Path) -> Iterator[bytes]:

@@ -35,6 +35,9 @@ class Tokenizer(Protocol):
     name: str  # "byte", the tokenizer.json path, or the hub name
     vocab_size: int  # padded up to a multiple of 64
     eos_id: int
+    # True when encoding a text in consecutive pieces, cut anywhere, gives exactly the ids
+    # of encoding it whole (the data pipeline then cuts long documents anywhere).
+    cuts_anywhere: bool
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -65,6 +68,7 @@ class ByteTokenizer:
     name = "byte"
     eos_id = 256
     vocab_size = pad_vocab_size(257)
+    cuts_anywhere = True  # a character's UTF-8 bytes do not depend on its neighbours
 
     def encode(self, text: str) -> list[int]:
         return list(self._utf8(text))
@@ -92,6 +96,8 @@ class ByteTokenizer:
 
 class HuggingFaceTokenizer:
     """A ``tokenizers.Tokenizer`` with an EOS token (found among its specials, or added)."""
+
+    cuts_anywhere = False  # merges and pre-tokenization look across neighbouring characters
 
     def __init__(self, tokenizer: Any, name: str):
         tokenizer.no_truncation()  # documents are cut into chunks later, never truncated here
