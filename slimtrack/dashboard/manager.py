@@ -160,10 +160,12 @@ class VisualizationManager:
             if request.step < self._exported_step:
                 return None, samples_file
             table = samples_table(self.samples[:request.n_samples][-SAMPLES_KEPT:])
-            atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode())
+            # Durable (fsync'd) for a final request: before a checkpoint and at the end. The
+            # renders' exports are rewritten every interval and can be rebuilt.
+            atomic_write_bytes(samples_file, json.dumps(table, indent=1).encode(), durable=request.final)
             now = time.monotonic()
             if request.final or now >= self._next_history_export:
-                atomic_write_bytes(history, self.history.to_json(request.n_records).encode())
+                atomic_write_bytes(history, self.history.to_json(request.n_records).encode(), durable=request.final)
                 self._exported_step = request.step
                 took = time.monotonic() - now
                 self._next_history_export = now + took / HISTORY_EXPORT_SHARE
@@ -190,7 +192,7 @@ class VisualizationManager:
         step_png = self.dir / f"training_step_{request.step:06d}.png"
         self._renderer.render(self.history.frame(request.n_records), self.samples[:request.n_samples], step_png)
         latest_png = self.dir / "training_latest.png"
-        atomic_write_bytes(latest_png, step_png.read_bytes())
+        atomic_write_bytes(latest_png, step_png.read_bytes(), durable=False)
         history, samples_file = self.export_json(request)
 
         self.tracker.log_artifact(step_png, VIZ_DIR)

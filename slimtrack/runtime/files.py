@@ -15,29 +15,35 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Replace ``path`` with what ``write`` writes into the binary file it is given."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], durable: bool = True) -> None:
+    """Replace ``path`` with what ``write`` writes into the binary file it is given.
+
+    ``durable=False`` skips the fsyncs: the replacement is still atomic (a reader sees the
+    old file or the new one), but a power loss may keep the old one. For files that are
+    rewritten often and can be rebuilt (the dashboards)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:16]}")
     try:
         with open(tmp, "xb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` (see ``atomic_write``)."""
 
     def write(handle: BinaryIO) -> None:
         handle.write(data)
 
-    atomic_write(path, write)
+    atomic_write(path, write, durable)
 
 
 def _fsync_directory(directory: Path) -> None:
