@@ -6,7 +6,6 @@ from pathlib import Path
 
 import argparse
 import dataclasses
-import re
 
 import pytest
 
@@ -183,22 +182,23 @@ def test_help_lists_every_flag(capsys):
 
 
 def test_the_mlproject_command_parses():
-    """MLproject's command line, with its parameters' defaults, is a valid `slimtrack train`."""
-    text = (REPO / "MLproject").read_text()
-    defaults = dict(re.findall(r"^\s+(\w+): \{type: \w+, default: \"?([^\"}]+)\"?\}", text, re.MULTILINE))
-    command = text.split("command: >-", 1)[1].split()
-    assert command[:4] == ["python", "-m", "slimtrack", "train"]
-    argv = [re.sub(r"\{(\w+)\}", lambda m: defaults[m.group(1)], arg) for arg in command[4:]]
-    config = parse(*argv)
-    assert config.preset == "small" and config.train.max_chunks == int(defaults["max_chunks"])
+    """MLproject's command line, with its parameters' defaults (empty: the preset's values), is
+    a valid `slimtrack train` of the small preset."""
+    import shlex
+
+    import yaml
+
+    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
+    defaults = {name: shlex.quote(str(spec["default"])) for name, spec in entry["parameters"].items()}
+    argv = shlex.split(entry["command"].format(**defaults))
+    assert argv[:4] == ["python", "-m", "slimtrack", "train"]
+    assert parse(*argv[4:]) == build_config("small")
 
 
 def test_resume_takes_the_checkpoints_config_and_max_chunks(monkeypatch):
     from types import SimpleNamespace
 
-    from slimtrack.train import session
-
-    from slimtrack.train import resume
+    from slimtrack.train import resume, session
 
     saved = build_config("test", **{"tracking.enabled": False, "runtime.onednn_linear": False}).as_dict()
     ran = []

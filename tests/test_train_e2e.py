@@ -98,7 +98,9 @@ def test_run_has_dashboards_exports_checkpoint_and_model(test_run):
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     for step in (10, 20, 30):
         assert any(f"training_dashboard+step+{step}+" in p and p.endswith(".png") for p in images), step
-    assert [Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")] == ["step_000030.pt"]
+    # --log-checkpoints last (the default): one overwritten path in the store, the newest checkpoint
+    assert [Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")] == ["latest.pt"]
+    assert only_run(client).data.tags["slimtrack.latest_checkpoint"] == "step_000030.pt"
     assert (work / "out" / "checkpoints" / "step_000030.pt").is_file()
     assert client.search_logged_models([only_run(client).info.experiment_id])
 
