@@ -133,6 +133,28 @@ def _combine(s_max, s_sum, s_idx, a, b):
 
 
 @cuda.jit(device=True, inline="always")
+def _reduce_block(s_max, s_sum, s_idx, tid, block):
+    # Tree-combine the block's slots into slot 0 (block: a power of two); all threads call it.
+    stride = block // 2
+    while stride > 0:
+        if tid < stride:
+            _combine(s_max, s_sum, s_idx, tid, tid + stride)
+        cuda.syncthreads()
+        stride //= 2
+
+
+@cuda.jit(device=True, inline="always")
+def _write_row(out, row, ignored, valid, m, s, x_t, hit):
+    # out[0, row] = the row's loss logsumexp - x_t, out[1, row] = 1.0 where argmax == target.
+    if ignored:
+        out[0, row] = np.float32(0.0)
+        out[1, row] = np.float32(0.0)
+    else:  # an out-of-range target gives NaN loss (no host-side check: no sync)
+        out[0, row] = math.log(s) + (m - x_t)
+        out[1, row] = np.float32(1.0) if valid and hit else np.float32(0.0)
+
+
+@cuda.jit(device=True, inline="always")
 def _online(m, s, arg, x, i):
     # One column into a thread's running (max, sum of exp(x - max), first argmax).
     if x > m:  # strict: the first maximum (in this thread's order) wins
@@ -186,22 +208,11 @@ def _make_ce_kernel(load, store, block):
         s_sum[tid] = s
         s_idx[tid] = arg
         cuda.syncthreads()
-        stride = block // 2
-        while stride > 0:
-            if tid < stride:
-                _combine(s_max, s_sum, s_idx, tid, tid + stride)
-            cuda.syncthreads()
-            stride //= 2
+        _reduce_block(s_max, s_sum, s_idx, tid, block)
         m = s_max[0]
         s = s_sum[0]
-
         if tid == 0:
-            if ignored:
-                out[0, row] = np.float32(0.0)
-                out[1, row] = np.float32(0.0)
-            else:  # an out-of-range target gives NaN loss (no host-side check: no sync)
-                out[0, row] = math.log(s) + (m - x_t)
-                out[1, row] = np.float32(1.0) if valid and s_idx[0] == t else np.float32(0.0)
+            _write_row(out, row, ignored, valid, m, s, x_t, s_idx[0] == t)
 
         # Pass 2: gradient (softmax - onehot) * scale, written over the logits
         # (zero on ignored rows, whatever they hold, NaN included).
