@@ -140,14 +140,46 @@ def load_tokenizer(spec: str = "byte") -> Tokenizer:
     """The tokenizer named by ``spec``: "byte", a tokenizer.json path, or a hub model name."""
     if spec == "byte":
         return ByteTokenizer()
-    path = Path(spec).expanduser()
-    if path.is_dir() and (path / "tokenizer.json").is_file():
-        path = path / "tokenizer.json"
-    if path.is_file():
+    path = local_tokenizer_file(spec)
+    if path is not None:
         return _from_file(path, name=spec)
     if _looks_like_path(spec):
         raise UserError(f"tokenizer {spec!r}: no such file; {OFFLINE_HINT}")
     return _from_hub(spec)
+
+
+def local_tokenizer_file(spec: str) -> Path | None:
+    """The local ``tokenizer.json`` that ``spec`` names (the file, or a folder holding one);
+    None for "byte" and for names that are no local file (hub names)."""
+    if spec == "byte":
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        path = path / "tokenizer.json"
+    return path if path.is_file() else None
+
+
+def tokenizer_file(spec: str) -> Path | None:
+    """The ``tokenizer.json`` a run with ``--tokenizer spec`` reads: the local file, or a hub
+    name's file in the local hub cache; None for "byte" and for what is neither."""
+    path = local_tokenizer_file(spec)
+    if path is not None or spec == "byte" or _looks_like_path(spec):
+        return path
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(spec, "tokenizer.json", local_files_only=True))
+    except Exception:  # not cached, not a repo id, or huggingface_hub missing
+        return None
+
+
+def byte_tokenizer_definition() -> dict[str, Any]:
+    """The byte tokenizer described as JSON data (logged beside runs that use it)."""
+    tokenizer = ByteTokenizer()
+    return {"kind": "byte", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+            "eos_token": EOS_MARKER, "encoding": "utf-8",
+            "description": "token i < 256 is the byte i of the UTF-8 text; 256 ends a document; "
+                           "ids above 256 are padding and never produced"}
 
 
 def _looks_like_path(spec: str) -> bool:
