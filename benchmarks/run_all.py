@@ -52,6 +52,8 @@ BENCHES = [
     Bench("logging_capacity", "Logging capacity: records/s into MLflow", "logging_capacity.py",
           ["--records", "600", "--repeats", "2", "--train-steps", "30"], ["--quick"]),
     Bench("cold_start", "Cold start: numba cache cold vs warm", "cold_start.py", ["--repeats", "1"], ["--quick"]),
+    Bench("fixed_cost", "Fixed cost of tracking: a tracked --test run vs --no-tracking, whole process",
+          "fixed_cost.py", ["--repeats", "3"], ["--quick"]),
     # Not one of issue 8's measures, and 2 ranks on 2 cores says little: run it with --only.
     Bench("scaling", "Data-parallel scaling: 1 vs 2 processes (torchrun)", "scaling.py",
           ["--max-chunks", "10", "--repeats", "1"], ["--preset", "test", "--max-chunks", "10", "--repeats", "1"],

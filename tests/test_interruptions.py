@@ -220,7 +220,7 @@ def test_a_killed_rank_restarts_the_group_into_the_same_run(tmp_path):
     client = Client(uri)
     steps = 120
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--max-restarts", "2", "--master-port", str(free_port()), "-m", "slimtrack", "train",
+                             "--max-restarts", "3", "--master-port", str(free_port()), "-m", "slimtrack", "train",
                              "--test", "--kernels", "torch", "--max-chunks", str(steps), "--checkpoint-interval", "5",
                              "--viz-interval", "1000", "--resume", "auto", "--output-dir", str(tmp_path / "out")],
                             cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},

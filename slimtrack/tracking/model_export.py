@@ -20,9 +20,13 @@ def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str 
     import torch
 
     with mlflow.start_run(run_id=run_id):  # log_model wants an active run: ours
+        # The signature comes from one forward pass of the model in memory: MLflow would
+        # otherwise infer it, and check the serving example, by saving, loading and running
+        # the exported model, which gives the same signature and the same files.
         info = mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", input_example=input_example,
+                                        signature=model_signature(model, input_example),
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                        registered_model_name=register_as or None)
+                                        registered_model_name=register_as or None, validate_serving_input=False)
     version = getattr(info, "registered_model_version", None)
     if register_as and version is not None:
         client = mlflow.MlflowClient()
@@ -32,3 +36,15 @@ def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str 
                 client.set_model_version_tag(register_as, str(version), key, str(metrics[key]))
         client.set_model_version_tag(register_as, str(version), "run_id", run_id)
     return None if version is None else str(version)
+
+
+def model_signature(model: Any, input_example: Any) -> Any:
+    """The MLflow signature of ``model`` on ``input_example`` (token ids in, logits out)."""
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example))
+    if isinstance(output, tuple):
+        output = output[0]
+    return infer_signature(input_example, output.detach().cpu().numpy())

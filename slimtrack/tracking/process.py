@@ -69,6 +69,15 @@ class SinkProcess:
         if not self.in_process:
             self._cpu_at_ready = self._child.cpu_seconds()
 
+    def open_store(self, uris: tuple[str, str] | None) -> tuple[str, str | None]:
+        """The child opens the store: this process's ``uris``, or with None the one the
+        environment names. Returns the store's tracking URI and, when it cannot be opened,
+        the first line of why. From then on the child's CPU is counted (``cpu_seconds``)."""
+        store, problem = self._ask("open_store", uris)
+        if not self.in_process:
+            self._cpu_at_ready = self._child.cpu_seconds()
+        return store, problem
+
     def cpu_seconds(self) -> float:
         """The child's CPU time since it was ready: what the deliveries cost it."""
         if self.in_process or self._cpu_at_ready is None:
@@ -152,6 +161,7 @@ def main(background_nice: int) -> None:
     from slimtrack.runtime.child import serve
     from slimtrack.runtime.priority import lower_this_thread_priority
     from slimtrack.tracking.client import Client
+    from slimtrack.tracking.delivery import first_line
     from slimtrack.tracking.sink import MlflowSink
 
     # The store the environment names is opened now, the usual case. The parent's "ready"
@@ -164,6 +174,17 @@ def main(background_nice: int) -> None:
         sink = None
     lower_this_thread_priority(background_nice)  # deliveries wait a little rather than preempt the step
 
+    def open_store(requested: tuple[str, str] | None) -> tuple[str, str | None]:
+        nonlocal sink, uris
+        if requested is not None and tuple(requested) != uris:
+            uris, sink = tuple(requested), None
+        if sink is None:
+            try:
+                sink = MlflowSink(Client(*uris))
+            except Exception as exc:  # noqa: BLE001 — an unknown scheme, a corrupt or unwritable sqlite file
+                return uris[0], first_line(exc)
+        return uris[0], None
+
     def answer(request: tuple[str, Any]) -> Any:
         nonlocal sink, uris
         method, argument = request
@@ -172,11 +193,21 @@ def main(background_nice: int) -> None:
             sink = MlflowSink(Client(*uris))
         if method == "ready":
             return None
+        if method == "open_store":
+            return open_store(argument)
         if sink is None:
             sink = MlflowSink(Client(*uris))
         return _SINK_METHODS[method](sink, argument)
 
     serve(answer)
+    # The parent closed the pipe once every request was answered, so every call has
+    # returned and nothing is left to write; the interpreter's own teardown (MLflow's
+    # exit handlers, SQLAlchemy's pools, module cleanup) would only hold the parent's
+    # wait for this process. The monitor is stopped first, should the parent not have.
+    if sink is not None:
+        sink.stop_system_metrics()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

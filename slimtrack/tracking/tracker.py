@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
-from slimtrack.runtime.child import ChildProcess
+from slimtrack.runtime.child import ChildGone, ChildProcess
 from slimtrack.tracking.delivery import Delivery, first_line
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, SetTag,
                                            StartRun)
@@ -80,7 +80,8 @@ class MlflowTracker:
         the run is created when the spool is replayed. With ``mlflow_process``, deliveries
         go through that child; without it, they are made in this process."""
         apply_http_policy()
-        delivery = open_delivery(Spool(spool_dir) if spool_dir else None)
+        process = SinkProcess(mlflow_process) if mlflow_process is not None else None
+        delivery = open_delivery(Spool(spool_dir) if spool_dir else None, process)
         start = StartRun(experiment=experiment, run_name=run_name, run_key=secrets.token_hex(8), tags=tags,
                          resume_run_id=resume_run_id, attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
         if delivery.remote:
@@ -90,7 +91,6 @@ class MlflowTracker:
                 delivery.deliver_with_retry(start)
             except Exception as exc:  # noqa: BLE001 — a local store that fails now is the user's to fix
                 raise UserError(f"tracking store {redact_uri(delivery.store)}: {first_line(exc)}") from None
-        process = SinkProcess(mlflow_process) if mlflow_process is not None else None
         if process is not None:
             delivery.sink = process
         return cls(delivery, settings, process, resumed=resume_run_id is not None)
@@ -211,12 +211,8 @@ class MlflowTracker:
         return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))}  then open http://127.0.0.1:5000/{path}"
 
     def _open_process(self) -> None:
-        """On the worker, before the first delivery: the MLflow process opens this process's
-        store, and starts sampling system metrics once the run exists."""
-        if self.process is not None:
-            import mlflow
-
-            self.process.ready(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+        """On the worker, before the first delivery: the MLflow process starts sampling
+        system metrics once the run exists (it opened the store in ``open_delivery``)."""
         if self.settings.system_metrics and self.run_id is not None and not self.offline:
             self._services().start_system_metrics(self.run_id, self.settings.system_metrics_interval, self._resumed)
             self._monitoring = True
@@ -234,9 +230,22 @@ class MlflowTracker:
         return self.process if self.process is not None else self.delivery.sink
 
 
-def open_delivery(spool: Spool | None) -> Delivery:
-    """A delivery to the store MLflow resolves (MLFLOW_TRACKING_URI), from this process.
-    A store that cannot be opened at all is a UserError (one line, exit status 2)."""
+def open_delivery(spool: Spool | None, process: SinkProcess | None = None) -> Delivery:
+    """A delivery to the store MLflow resolves (MLFLOW_TRACKING_URI): through the MLflow
+    process when there is one (this process then opens no store of its own), else from
+    this process. A store that cannot be opened at all is a UserError (one line, exit
+    status 2)."""
+    if process is not None and not process.in_process:
+        try:
+            store, problem = process.open_store(resolved_uris())
+        except ChildGone:
+            pass  # the process is gone: this process opens the store itself, below
+        else:
+            if problem is not None:
+                raise UserError(f"tracking store {redact_uri(store)}: {problem}")
+            delivery = Delivery(process, spool, say=say, remote=is_remote(store))
+            delivery.store = store
+            return delivery
     import mlflow
 
     from slimtrack.tracking.client import Client
@@ -250,6 +259,17 @@ def open_delivery(spool: Spool | None) -> Delivery:
     delivery = Delivery(MlflowSink(client), spool, say=say, remote=is_remote(store))
     delivery.store = store
     return delivery
+
+
+def resolved_uris() -> tuple[str, str] | None:
+    """The tracking and registry URIs MLflow resolves in this process, when MLflow is
+    imported here (a caller may have set them); None: the MLflow process resolves them
+    from the same environment and working folder."""
+    if "mlflow" not in sys.modules:
+        return None
+    import mlflow
+
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri()
 
 
 def is_remote(store: str) -> bool:
