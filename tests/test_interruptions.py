@@ -218,7 +218,7 @@ def test_a_killed_rank_restarts_the_group_into_the_same_run(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = Client(uri)
-    steps = 120
+    steps = 60
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--max-restarts", "3", "--master-port", str(free_port()), "-m", "slimtrack", "train",
                              "--test", "--kernels", "torch", "--max-chunks", str(steps), "--checkpoint-interval", "5",

@@ -104,18 +104,18 @@ def sweep_runs(uri: str, experiment: str = "slimtrack"):
 
 
 @pytest.mark.slow
-def test_a_2x2_grid_is_4_finished_children_under_one_parent_with_the_best_trial(tmp_path):
+def test_a_2x1_grid_is_2_finished_children_under_one_parent_with_the_best_trial(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_cli("sweep", *TINY, "--experiment", "sweeps", "--grid", "lr=1e-3,3e-3", "n_layer=1,2",
+    result = run_cli("sweep", *TINY, "--experiment", "sweeps", "--grid", "lr=1e-3,3e-3", "n_layer=1",
                      cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 0, result.stderr[-3000:]
     client, parent, children = sweep_runs(uri, "sweeps")
     assert client.get_experiment_by_name("sweeps").tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["grid.lr"] == "0.001,0.003" and parent.data.params["grid.n_layer"] == "1,2"
-    assert [run.info.status for run in children] == ["FINISHED"] * 4
+    assert parent.data.params["grid.lr"] == "0.001,0.003" and parent.data.params["grid.n_layer"] == "1"
+    assert [run.info.status for run in children] == ["FINISHED"] * 2
     assert [(run.data.params["train.lr"], run.data.params["model.n_layer"]) for run in children] == \
-        [("0.001", "1"), ("0.001", "2"), ("0.003", "1"), ("0.003", "2")]
+        [("0.001", "1"), ("0.003", "1")]
     assert all(run.data.params["train.max_chunks"] == "3" for run in children)  # the shared flags
     best = min(children, key=lambda run: run.data.metrics["val_loss"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
