@@ -134,7 +134,7 @@ def upload_checkpoint(job: Job, path: Path, step: int) -> None:
     if mode == "all":
         job.tracker.log_artifact(path, "checkpoints")
     elif mode == "last":
-        latest = job.output_dir / "checkpoints" / "upload" / LATEST_CHECKPOINT
+        latest = job.output_dir / ".upload" / LATEST_CHECKPOINT  # beside checkpoints/, which holds only steps
         latest.parent.mkdir(exist_ok=True)
         link = latest.with_name(f".{LATEST_CHECKPOINT}.{step}")
         os.link(path, link)
@@ -228,8 +228,21 @@ def log_final_model(job: Job, skip: bool) -> None:
     # [2, T] token ids: with a batch of 1, torch.export specialises the batch dimension
     # to 1 (and warns); with 2 it stays dynamic, so the logged model takes any batch.
     example = np.zeros((2, config.data.seq_len), dtype=np.int64)
-    job.tracker.log_model(copy.deepcopy(job.model).cpu().eval(), example)
+    job.tracker.log_model(copy.deepcopy(job.model).cpu().eval(), example, tokenizer_file=_tokenizer_file(job))
     write_run_file(job.output_dir, job.tracker.run_id, config.as_dict(), model_logged=True)
+
+
+def _tokenizer_file(job: Job) -> Path | None:
+    """The tokenizer file the logged model carries, the one setup logged under ``tokenizer/``
+    (job.log_tokenizer): the byte tokenizer's definition in the output folder, or the run's
+    tokenizer.json. None when neither is there (the model is then logged without its pyfunc)."""
+    from slimtrack.data.tokenizer import tokenizer_file
+
+    spec = job.config.data.tokenizer
+    if spec == "byte":
+        path = job.output_dir / "tokenizer" / "byte_tokenizer.json"
+        return path if path.is_file() else None
+    return tokenizer_file(spec)
 
 
 def _model_logged(job: Job) -> bool:
