@@ -23,19 +23,20 @@ from mlflow.exceptions import MlflowException
 
 from slimtrack.errors import UserError
 from slimtrack.metrics import SOURCE_PREFIX, records_frame, records_from_json
-from slimtrack.dashboard.manager import VIZ_DIR, samples_from_table
+from slimtrack.dashboard.manager import SAMPLE_COLUMNS as TABLE_COLUMNS, VIZ_DIR, samples_from_table
 
 SAMPLES_ARTIFACT = f"{VIZ_DIR}/text_samples.json"
 HISTORY_ARTIFACT = f"{VIZ_DIR}/metrics_history.json"
-SAMPLE_COLUMNS = ["step", "input", "output", "accuracy"]
+SAMPLE_COLUMNS = list(TABLE_COLUMNS)  # step, prompt, generated, true_continuation, accuracy
 
 # The fixed columns of runs_frame(); every other column is one of the runs' params.
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "start_time", "duration_s", "tokens_seen",
     "final_loss", "best_loss", "final_accuracy", "best_accuracy", "final_val_loss", "best_val_loss",
+    "final_val_bpb", "best_val_bpb",
 ]
 # metric -> whether lower is better; "best" needs the whole history, "final" is the last step.
-SUMMARISED_METRICS = {"loss": True, "accuracy": False, "val_loss": True}
+SUMMARISED_METRICS = {"loss": True, "accuracy": False, "val_loss": True, "val_bpb": True}
 SEARCH_PAGE_SIZE = 1000  # runs per search_runs call (MLflow's maximum is 50,000)
 
 
@@ -206,8 +207,8 @@ def load_exported(path_or_run_id: str | Path, tracking_uri: str | None = None) -
     ``path_or_run_id`` is a run's local output folder (the one holding ``training_viz/``,
     or ``training_viz/`` itself) or a run id whose artifacts are downloaded. History: one
     row per step, sorted by step, the TrainingMetrics fields as columns
-    (``metrics.records_frame``). Samples: step, input, output, accuracy (empty when the
-    run wrote none).
+    (``metrics.records_frame``). Samples: step, prompt, generated, true_continuation,
+    accuracy (empty when the run wrote none).
     """
     folder = Path(path_or_run_id)
     if folder.is_dir():

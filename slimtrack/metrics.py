@@ -23,7 +23,7 @@ import pandas as pd
 # Fields that become MLflow metrics at every step (the keys users see).
 STEP_METRIC_KEYS = (
     "loss", "accuracy", "tokens_per_sec", "learning_rate", "gpu_memory_mb", "rss_mb",
-    "grad_norm", "step_time_ms", "tokens_seen", "data_wait_ms",
+    "grad_norm", "step_time_ms", "tokens_seen", "data_wait_ms", "mfu",
 )
 SOURCE_PREFIX = "loss_by_source/"
 # The history columns the dashboard charts (dashboard/charts.py). They live here, not in
@@ -35,7 +35,7 @@ DASHBOARD_OPTIONAL_COLUMNS = ("val_loss", "val_accuracy")
 @dataclass
 class TrainingMetrics:
     step: int  # global optimizer step, 1-based
-    loss: float  # mean cross-entropy over the chunk's target tokens
+    loss: float  # mean cross-entropy over the step's target tokens (all its micro-batches)
     accuracy: float  # fraction 0-1 of target tokens where argmax(logits) == target
     tokens_per_sec: float  # target tokens of this step / wall time of the step
     learning_rate: float  # the learning rate this step used
@@ -45,10 +45,12 @@ class TrainingMetrics:
     grad_norm: float = 0.0  # global gradient norm before clipping
     step_time_ms: float = 0.0  # wall time of the step
     tokens_seen: int = 0  # target tokens trained on so far, this one included
-    data_wait_ms: float = 0.0  # time the loop waited for this step's chunk
+    data_wait_ms: float = 0.0  # time the loop waited for this step's chunk(s)
+    mfu: float = 0.0  # model FLOPs utilisation 0-1: flops_per_token * tokens_per_sec / peak (train/flops.py)
     loss_by_source: dict[str, float] = field(default_factory=dict)  # mean loss per SlimPajama set
     val_loss: float | None = None  # set at evaluation steps only
     val_accuracy: float | None = None
+    val_bpb: float | None = None  # validation loss in bits per UTF-8 byte of its text (eval steps)
     extra: dict[str, float] = field(default_factory=dict)  # e.g. rank/<r>/tokens_per_sec under DDP
 
     def as_metrics(self) -> dict[str, float]:
@@ -61,6 +63,8 @@ class TrainingMetrics:
             metrics["val_loss"] = float(self.val_loss)
         if self.val_accuracy is not None:
             metrics["val_accuracy"] = float(self.val_accuracy)
+        if self.val_bpb is not None:
+            metrics["val_bpb"] = float(self.val_bpb)
         return metrics
 
     def as_row(self) -> dict[str, Any]:
@@ -72,11 +76,13 @@ class TrainingMetrics:
         return row
 
     def console_line(self) -> str:
-        """``step 50 | loss 3.21 | acc 41.2% | 12,345 tok/s | lr 3.0e-04``"""
+        """``step 50 | loss 3.21 | acc 41.2% | 12,345 tok/s | lr 3.0e-04 | mfu 12.34%``"""
         line = (f"step {self.step} | loss {self.loss:.4f} | acc {self.accuracy * 100:.1f}% | "
-                f"{self.tokens_per_sec:,.0f} tok/s | lr {self.learning_rate:.1e}")
+                f"{self.tokens_per_sec:,.0f} tok/s | lr {self.learning_rate:.1e} | mfu {self.mfu * 100:.2f}%")
         if self.val_loss is not None:
             line += f" | val_loss {self.val_loss:.4f} | val_acc {(self.val_accuracy or 0) * 100:.1f}%"
+            if self.val_bpb is not None:
+                line += f" | val_bpb {self.val_bpb:.3f}"
         return line
 
 
@@ -172,7 +178,7 @@ def records_frame(records: Iterable[TrainingMetrics]) -> pd.DataFrame:
 def records_from_json(text: str) -> list[TrainingMetrics]:
     """The records of a ``metrics_history.json`` (``MetricHistory.to_json``), in file order.
 
-    null is NaN for the per-step metrics and None for val_loss / val_accuracy; a null
+    null is NaN for the per-step metrics and None for val_loss / val_accuracy / val_bpb; a null
     ``loss_by_source/<set>`` or ``rank/...`` column is a set (or rank) the step did not have."""
     names = {f.name for f in dataclasses.fields(TrainingMetrics)} - {"extra", "loss_by_source"}
     records = []

@@ -40,7 +40,8 @@ def write_exports(folder: Path, steps: int = 4) -> Path:
                                val_loss=3.5 if s == steps else None, val_accuracy=0.4 if s == steps else None)
                for s in range(1, steps + 1)]
     records[1].grad_norm = math.nan  # written as null: must come back as NaN in a float column
-    samples = [{"step": s, "input": f"in {s}\nline", "output": f"out {s}", "accuracy": s / 10}
+    samples = [{"step": s, "prompt": f"in {s}\nline", "generated": f"out {s}", "true_continuation": f"true {s}",
+                "accuracy": s / 10}
                for s in (2, 4)]
     viz = folder / "training_viz"
     viz.mkdir(parents=True)
@@ -172,8 +173,8 @@ def test_load_exported_from_a_local_output_folder(tmp_path):
     assert pd.api.types.is_float_dtype(history.grad_norm) and math.isnan(history.grad_norm[1])
     assert history.val_loss.isna().tolist() == [True, True, True, False]
     assert history["loss_by_source/PythonDocs"].tolist() == [3.5, 3.0, 2.5, 2.0]
-    assert list(samples.columns) == ["step", "input", "output", "accuracy"]
-    assert samples.step.tolist() == [2, 4] and samples.input[0] == "in 2\nline"
+    assert list(samples.columns) == ["step", "prompt", "generated", "true_continuation", "accuracy"]
+    assert samples.step.tolist() == [2, 4] and samples.prompt[0] == "in 2\nline"
 
     same_history, same_samples = analysis.load_exported(str(viz))  # training_viz/ itself works too
     pd.testing.assert_frame_equal(same_history, history)
@@ -184,7 +185,8 @@ def test_load_exported_without_samples_or_history(tmp_path):
     viz = write_exports(tmp_path / "out")
     (viz / "text_samples.json").unlink()
     history, samples = analysis.load_exported(tmp_path / "out")
-    assert len(history) == 4 and samples.empty and list(samples.columns) == ["step", "input", "output", "accuracy"]
+    assert len(history) == 4 and samples.empty and list(samples.columns) == [
+        "step", "prompt", "generated", "true_continuation", "accuracy"]
     (tmp_path / "bare").mkdir()
     with pytest.raises(UserError, match="metrics_history.json"):
         analysis.load_exported(tmp_path / "bare")

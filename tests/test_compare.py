@@ -19,7 +19,7 @@ T0 = 1_700_000_000_000  # ms
 
 
 def synthetic_run(client: MlflowClient, experiment_id: str, name: str, start: int, lr: float) -> str:
-    """A finished run with the four compared metrics at every step, logged in one go."""
+    """A finished run with the five compared metrics at every step, logged in one go."""
     run_id = client.create_run(experiment_id, run_name=name, start_time=start).info.run_id
     rng = np.random.default_rng(len(name))
     steps = np.arange(1, STEPS + 1)
@@ -28,6 +28,7 @@ def synthetic_run(client: MlflowClient, experiment_id: str, name: str, start: in
         "accuracy": np.clip(0.6 * (1 - np.exp(-steps * lr * 20)) + rng.normal(0, 0.02, STEPS), 0, 1),
         "tokens_per_sec": 1000 + rng.normal(0, 50, STEPS),
         "learning_rate": lr * np.minimum(1.0, steps / 10),
+        "val_bpb": 8.0 * np.exp(-steps * lr * 20) + 1.0,
     }
     metrics = [Metric(key, float(values[i]), start + int(step), int(step))
                for key, values in series.items() for i, step in enumerate(steps)]

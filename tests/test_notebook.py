@@ -161,7 +161,7 @@ def test_notebook_runs_against_an_mlflow_server(stores, kernel_specs, tmp_path):
             {"path": "training_viz/text_samples.json", "run_uuid": run_id})
         with urllib.request.urlopen(address, timeout=60) as response:
             table = json.loads(response.read())
-        assert table["columns"] == ["step", "input", "output", "accuracy"] and table["data"]
+        assert table["columns"] == ["step", "prompt", "generated", "true_continuation", "accuracy"] and table["data"]
 
 
 @pytest.mark.slow

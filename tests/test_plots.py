@@ -37,8 +37,8 @@ def metrics(n: int, seed: int = 0) -> pd.DataFrame:
 
 def samples(n: int) -> list[dict]:
     return [
-        {"step": 10 * (i + 1), "input": f"prompt {i}\nsecond line " + "word " * 30,
-         "output": f"output {i}", "accuracy": i / 10}
+        {"step": 10 * (i + 1), "prompt": f"prompt {i}\nsecond line " + "word " * 30,
+         "generated": f"output {i}", "true_continuation": f"truth {i}", "accuracy": i / 10}
         for i in range(n)
     ]
 
@@ -146,23 +146,25 @@ def test_table_shows_the_last_five_samples_shortened(dashboard: Figure) -> None:
     (table,) = ax.tables
     cells = table.get_celld()
     assert max(row for row, _ in cells) == 5  # header + 5 rows
-    assert [cells[0, col].get_text().get_text() for col in range(4)] == ["step", "input", "output", "accuracy"]
+    assert [cells[0, col].get_text().get_text() for col in range(5)] == [
+        "step", "prompt", "generated", "true continuation", "accuracy"]
     assert [cells[row, 0].get_text().get_text() for row in range(1, 6)] == ["30", "40", "50", "60", "70"]
     text = cells[5, 1].get_text().get_text()
     assert len(text) <= plots.SAMPLE_TEXT_CHARS and text.endswith("…")
     assert "\n" not in text and text.startswith("prompt 6 ⏎ second line")
-    assert cells[5, 3].get_text().get_text() == "60.0 %"
+    assert cells[5, 2].get_text().get_text() == "output 6" and cells[5, 3].get_text().get_text() == "truth 6"
+    assert cells[5, 4].get_text().get_text() == "60.0 %"
 
 
 def test_samples_with_dollars_and_missing_glyphs_render_without_warnings() -> None:
-    odd = [{"step": 1, "input": "cost $5 and $x^2$ \\frac", "output": "中文 \x00 tab\tend", "accuracy": None}]
+    odd = [{"step": 1, "prompt": "cost $5 and $x^2$ \\frac", "generated": "中文 \x00 tab\tend", "accuracy": None}]
     fig = build_dashboard(metrics(3), odd)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a missing glyph or a mathtext error would raise
         render(fig)
     cells = charts(fig)[SAMPLES].tables[0].get_celld()
     assert cells[1, 1].get_text().get_text() == "cost $5 and $x^2$ \\frac"
-    assert cells[1, 3].get_text().get_text() == "n/a"
+    assert cells[1, 4].get_text().get_text() == "n/a"
 
 
 def test_no_samples_keeps_the_chart_with_a_note() -> None:

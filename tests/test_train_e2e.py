@@ -94,7 +94,7 @@ def test_run_has_dashboards_exports_checkpoint_and_model(test_run):
     history = json.loads((local / "metrics_history.json").read_text())
     assert [row["step"] for row in history] == list(range(1, 31))
     samples = json.loads((local / "text_samples.json").read_text())
-    assert samples["columns"] == ["step", "input", "output", "accuracy"] and samples["data"]
+    assert samples["columns"] == ["step", "prompt", "generated", "true_continuation", "accuracy"] and samples["data"]
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     for step in (10, 20, 30):
         assert any(f"training_dashboard+step+{step}+" in p and p.endswith(".png") for p in images), step

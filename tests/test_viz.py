@@ -18,7 +18,8 @@ def record(step: int) -> TrainingMetrics:
 def test_renders_every_interval_and_once_at_the_end(tmp_path):
     viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=10)
     for step in range(1, 26):
-        sample = {"step": step, "input": "in", "output": "out", "accuracy": 0.5} if step % 5 == 0 else None
+        sample = ({"step": step, "prompt": "in", "generated": "out", "true_continuation": "true", "accuracy": 0.5}
+                  if step % 5 == 0 else None)
         viz.update(record(step), sample)
     viz.close()
     folder = tmp_path / "training_viz"
@@ -61,7 +62,8 @@ def test_a_slow_render_never_builds_an_unbounded_queue(tmp_path):
 def test_export_now_and_restore_continue_a_history(tmp_path):
     viz = VisualizationManager(tmp_path, NullTracker(), viz_interval=1000)
     for step in range(1, 8):
-        viz.update(record(step), {"step": step, "input": "a", "output": "b", "accuracy": 1.0})
+        viz.update(record(step), {"step": step, "prompt": "a", "generated": "b", "true_continuation": "c",
+                                  "accuracy": 1.0})
     viz.export_now()
     viz.close()
     again = VisualizationManager(tmp_path, NullTracker(), viz_interval=1000)

@@ -53,7 +53,10 @@ CHARTED_OPTIONAL_COLUMNS = DASHBOARD_OPTIONAL_COLUMNS
 AVERAGE_WINDOW = 50
 RECENT_STEPS = 500
 SAMPLE_ROWS = 5
-SAMPLE_TEXT_CHARS = 60
+SAMPLE_TEXT_CHARS = 60  # one line of a text column of the samples table
+# The table's columns: a sample row's key (manager.SAMPLE_COLUMNS), its header and width.
+SAMPLE_TABLE = (("step", "step", 0.06), ("prompt", "prompt", 0.285), ("generated", "generated", 0.285),
+                ("true_continuation", "true continuation", 0.285), ("accuracy", "accuracy", 0.085))
 # A chart is ~450 px wide (a third of 18 in at 100 dpi, less margins): 1000 points is about
 # a minimum and a maximum per pixel column. More points only cost drawing time; the
 # scatter's 2000 already cover its area.
@@ -405,8 +408,8 @@ def _sample_row(sample: Mapping[str, Any]) -> list[str]:
         accuracy_text = f"{100 * float(accuracy):.1f} %"
     except (TypeError, ValueError):
         accuracy_text = "n/a"
-    return [f"{_sample_step(sample):,.0f}", _drawable(shorten(sample.get("input", ""))),
-            _drawable(shorten(sample.get("output", ""))), accuracy_text]
+    texts = [_drawable(shorten(sample.get(key, ""))) for key, _, _ in SAMPLE_TABLE[1:-1]]
+    return [f"{_sample_step(sample):,.0f}", *texts, accuracy_text]
 
 
 def _plot_samples(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> list:
@@ -415,8 +418,8 @@ def _plot_samples(ax: Axes, samples: Sequence[Mapping[str, Any]]) -> list:
         return _no_data(ax, "no samples yet", ylim=None)
     table = ax.table(
         cellText=[_sample_row(sample) for sample in latest],
-        colLabels=["step", "input", "output", "accuracy"],
-        colWidths=[0.07, 0.42, 0.42, 0.09],
+        colLabels=[header for _, header, _ in SAMPLE_TABLE],
+        colWidths=[width for _, _, width in SAMPLE_TABLE],
         cellLoc="left", loc="upper center",
     )
     # A fixed font size: auto-sizing measures every cell's text again and again.

@@ -1,4 +1,5 @@
-"""Several runs in one figure: loss, accuracy, throughput and learning rate overlaid.
+"""Several runs in one figure: loss, accuracy, throughput, learning rate and validation
+bits per byte overlaid.
 
 Pure like ``charts.py``: metric frames in, a matplotlib Figure with an Agg canvas out; no
 MLflow, no files, no pyplot. ``analysis.write_comparison`` reads the runs and saves the
@@ -23,7 +24,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from slimtrack.dashboard.charts import AVERAGE_WINDOW, decimate, moving_average
 
-COMPARED_METRICS = ("loss", "accuracy", "tokens_per_sec", "learning_rate")
+COMPARED_METRICS = ("loss", "accuracy", "tokens_per_sec", "learning_rate", "val_bpb")
 RUN_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
               "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 RAW_ALPHA = 0.25
@@ -46,11 +47,13 @@ PANELS = (
     Panel("accuracy", "Training accuracy", "accuracy (%)", scale=100.0),
     Panel("tokens_per_sec", "Token throughput", "tokens / s"),
     Panel("learning_rate", "Learning rate schedule", "learning rate (log)", smoothed=False, log_y=True),
+    # Bits per UTF-8 byte compare runs whose tokenizers differ; logged at evaluation steps only.
+    Panel("val_bpb", "Validation bits per byte", "bits / byte", smoothed=False),
 )
 
 
 def build_comparison(histories: Mapping[str, pd.DataFrame], *,
-                     figsize: tuple[float, float] = (15.0, 10.0), dpi: float = 100.0) -> Figure:
+                     figsize: tuple[float, float] = (18.0, 10.0), dpi: float = 100.0) -> Figure:
     """Overlay the runs' curves; ``histories`` maps a run's display name to its wide frame.
 
     A frame has a ``step`` column and any of :data:`COMPARED_METRICS` (a missing metric
@@ -58,8 +61,8 @@ def build_comparison(histories: Mapping[str, pd.DataFrame], *,
     """
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 2, left=0.06, right=0.98, bottom=0.07, top=0.86, hspace=0.32, wspace=0.18)
-    axes = [fig.add_subplot(grid[row, col]) for row in (0, 1) for col in (0, 1)]
+    grid = fig.add_gridspec(2, 3, left=0.05, right=0.98, bottom=0.07, top=0.86, hspace=0.32, wspace=0.2)
+    axes = [fig.add_subplot(grid[index // 3, index % 3]) for index in range(len(PANELS))]
     fig.suptitle(_headline(histories), fontsize=15)
     for ax, panel in zip(axes, PANELS):
         _setup(ax, panel)

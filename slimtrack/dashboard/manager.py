@@ -1,10 +1,11 @@
 """VisualizationManager: the metric history, text samples, and dashboards off-thread.
 
-The training thread only appends (a record, sometimes a sample) and, every
-``viz_interval`` steps, queues "render up to step N" and returns. One worker
-thread has the dashboard drawn by ``renderer.DashboardRenderer`` (a child
-process: matplotlib never holds the training process's GIL) and writes/logs
-the files. At most MAX_PENDING_RENDERS requests wait; when renders fall further
+The training thread only appends (a record) and, every ``viz_interval`` steps and at
+the end, has its ``sampler`` (``train/samples.py``: the model continues the run's fixed
+validation prompts, when the run set one) add that step's text samples, then queues
+"render up to step N" and returns. One worker thread has the dashboard drawn by
+``renderer.DashboardRenderer`` (a child process: matplotlib never holds the training
+process's GIL) and writes/logs the files. At most MAX_PENDING_RENDERS requests wait; when renders fall further
 behind, the oldest waiting request is dropped (coalescing) instead of queueing
 without bound.
 
@@ -19,18 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from slimtrack.metrics import MetricHistory, TrainingMetrics
 from slimtrack.runtime.files import atomic_write_bytes
 from slimtrack.runtime.priority import lower_this_thread_priority
 from slimtrack.tracking.protocol import Tracker
 from slimtrack.dashboard.renderer import DashboardRenderer
+# A sample row's columns (train/samples.py writes the rows; kept here to spare the
+# readers of text_samples.json an import of torch).
+SAMPLE_COLUMNS = ("step", "prompt", "generated", "true_continuation", "accuracy")
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ class _Request:
 
 def samples_table(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """MLflow's table JSON (``{"columns": [...], "data": [[...]]}``) for text samples."""
-    columns = ["step", "input", "output", "accuracy"]
+    columns = list(SAMPLE_COLUMNS)
     return {"columns": columns, "data": [[s.get(c) for c in columns] for s in samples]}
 
 
@@ -72,6 +77,9 @@ class VisualizationManager:
         self.history = MetricHistory()
         self.last_step = 0  # the step of the newest record
         self.samples: list[dict[str, Any]] = []
+        # step -> that step's sample rows; set once the model exists (job.setup), None: no samples
+        self.sampler: Callable[[int], list[dict[str, Any]]] | None = None
+        self._last_loss_finite = True  # a non-finite model is not sampled
         self.rendered_steps: list[int] = []
         self._requested_step = 0  # the step of the newest render request
         self._pending: deque[_Request] = deque(maxlen=MAX_PENDING_RENDERS)
@@ -87,13 +95,21 @@ class VisualizationManager:
 
     # ---- training thread ------------------------------------------------------------------------
     def update(self, record: TrainingMetrics, sample: dict[str, Any] | None = None) -> None:
-        """Append one step (and maybe a sample); request a render every viz_interval steps."""
+        """Append one step (and a sample row, when given); every viz_interval steps, take the
+        sampler's rows for this step and request a render."""
         self.history.append(record)
         self.last_step = record.step
+        self._last_loss_finite = math.isfinite(record.loss)
         if sample is not None:
             self.samples.append(sample)
         if record.step % self.viz_interval == 0:
+            self.take_samples()
             self.request_render()
+
+    def take_samples(self) -> None:
+        """The sampler's rows for the newest step, on the calling (training) thread."""
+        if self.sampler is not None and self._last_loss_finite and len(self.history):
+            self.samples.extend(self.sampler(self.last_step))
 
     def wait_for_renderer(self) -> None:
         """Block until the dashboard process has started and warmed up (a benchmark times its
@@ -117,6 +133,7 @@ class VisualizationManager:
         # Not rendered_steps: the worker may be drawing this step's render right now (the
         # run ended on a viz step), and a second one would log the same step's image twice.
         if render_last and len(self.history) and self._requested_step != self.last_step:
+            self.take_samples()  # the run's last step gets its samples too
             self.request_render()
         with self._cond:
             self._closed = True

@@ -3,13 +3,14 @@
 ``fit`` (loop.py) calls ``on_step`` with each record, ``on_checkpoint`` every
 ``checkpoint_interval`` steps and ``stop_requested`` at each step; these classes supply
 them. The order of side effects after a step is: the tracker (returns at once), the
-dashboard bookkeeping (renders off the training thread), the console.
+dashboard bookkeeping (at each viz interval it continues the fixed validation prompts with
+the model, then renders off the training thread), the console.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -47,12 +48,12 @@ class ConsoleAndTrackingHooks(LoopHooks):
                         disable=None)  # no bar when stderr is not a terminal (CI, logs)
         self.skips_logged = 0
 
-    def on_step(self, record: TrainingMetrics, sample: dict[str, Any] | None) -> None:
+    def on_step(self, record: TrainingMetrics) -> None:
         self.tracker.log_record(record)
         if self.skips.total != self.skips_logged:
             self.skips_logged = self.skips.total
             self.tracker.log_metrics({"data/skipped_records": float(self.skips_logged)}, record.step)
-        self.viz.update(record, sample)
+        self.viz.update(record)  # at a viz interval, the text samples are taken there
         self.bar.set_postfix(loss=f"{record.loss:.3f}", acc=f"{record.accuracy * 100:.1f}%",
                              tok_s=f"{record.tokens_per_sec:,.0f}", refresh=False)
         self.bar.update(1)

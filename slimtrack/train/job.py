@@ -8,6 +8,7 @@ to MLflow and writes files.
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import shutil
@@ -21,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from slimtrack import __version__
-from slimtrack.config import Config
+from slimtrack.config import Config, config_to_yaml
 from slimtrack.dashboard.manager import VisualizationManager
 from slimtrack.data.chunks import ChunkStream, make_chunks
 from slimtrack.data.documents import SkipStats, validate_dataset
@@ -32,9 +33,11 @@ from slimtrack.runtime.child import ChildProcess
 from slimtrack.tracking import NullTracker, Tracker
 from slimtrack.train.checkpoint import restore_rng_state, rng_state
 from slimtrack.train.distributed import World, init_world
+from slimtrack.train.flops import Peak, resolve_peak
 from slimtrack.train.loop import SlimPajamaTrainer, default_output_dir, resolve_device
 from slimtrack.train.model import GPT
 from slimtrack.train.resume import FolderLock, ResumePoint, refuse_foreign_checkpoints, write_run_file
+from slimtrack.train.samples import make_sampler
 
 
 def seed_everything(seed: int) -> None:
@@ -65,7 +68,29 @@ def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, st
         "numba.version": numba.__version__, "numba.threading_layer": str(numba.config.THREADING_LAYER),
         "mlflow.version": mlflow.__version__, "slimtrack.cpu": cpu_description(),
         **({"slimtrack.gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
+        **source_tags(),
     }
+
+
+def source_tags() -> dict[str, str]:
+    """mlflow.source.*, mlflow.user and the git commit, as MLflow's fluent API sets them. The
+    commit is the working folder's when it is a git checkout (the user's project), else that
+    of slimtrack's source when it runs from one. ``mlflow run`` sets its own."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return {}
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
+
+    tags = {key: str(value) for key, value in resolve_tags({}).items()}
+    tags[MLFLOW_SOURCE_NAME] = " ".join(["slimtrack", *sys.argv[1:]])[:500]
+    if commit := get_git_commit(os.getcwd()):  # the user's checkout before slimtrack's own source
+        tags[MLFLOW_GIT_COMMIT] = commit
+        for key, value in ((MLFLOW_GIT_BRANCH, get_git_branch(os.getcwd())),
+                           (MLFLOW_GIT_REPO_URL, get_git_repo_url(os.getcwd()))):
+            if value:
+                tags[key] = value
+    return tags
 
 
 def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None,
@@ -79,7 +104,8 @@ def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run
     if tracking.mlflow_process and mlflow_process is None:
         mlflow_process = start_mlflow_process(config.runtime.background_nice)
     settings = TrackerSettings(tracking.log_linger, tracking.replay_interval, tracking.final_replay_timeout,
-                               config.runtime.background_nice)
+                               config.runtime.background_nice, tracking.system_metrics,
+                               tracking.system_metrics_interval, tracking.register_model)
     return MlflowTracker.start(tracking.experiment, run_name, tags, settings=settings, resume_run_id=resume_run_id,
                                spool_dir=spool_dir, mlflow_process=mlflow_process if tracking.mlflow_process else None)
 
@@ -100,6 +126,7 @@ class Job:
     output_dir: Path
     lock: FolderLock | None  # rank 0's hold on the output folder
     resumed_at: int | None = None  # the step a continued run started from
+    peak: Peak | None = None  # one device's peak FLOP/s, the denominator of mfu
 
 
 def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProcess | None = None) -> Job:
@@ -107,6 +134,8 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
     keep_freed_memory(config.runtime.malloc_tuning)  # the step's buffers are reused, not page-faulted in
     seed_everything(config.train.seed)
     world, device = init_world(resolve_device(config.train.device))
+    # Before the run's child processes start: a CPU probe then has the threads to itself.
+    peak = resolve_peak(config.train.peak_tflops, device)
     tokenizer = load_tokenizer(config.data.tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
     validate_dataset(config.data.dataset)
@@ -129,6 +158,9 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
             set_fast_launch(config.runtime.cuda_fast_launch)
         module = GPT(config.model, config.train.kernels,  # same seed on every rank: same weights
                      onednn_linear=config.runtime.onednn_linear).to(device)
+        if viz is not None:  # rank 0: the fixed validation prompts, continued at each viz interval
+            sampler = make_sampler(config, module, tokenizer, device, val_chunks)
+            viz.sampler = sampler.sample if sampler is not None else None
     except BaseException:  # the run exists already: leave it FAILED, not RUNNING
         if viz is not None:
             viz.close()
@@ -137,10 +169,11 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
             lock.release()
         raise
     model = DistributedDataParallel(module) if world.enabled else module
+    trainer = SlimPajamaTrainer(config, model, tokenizer, device, lambda: stream.source_names, world, peak.flops)
     tracker.log_params({**config.as_params(), "model.num_parameters": str(module.num_parameters()),
-                        "world_size": str(world.world_size)})
-    trainer = SlimPajamaTrainer(config, model, tokenizer, device, lambda: stream.source_names, world)
-    job = Job(world, config, module, stream, val_chunks, skips, tracker, viz, trainer, output_dir, lock)
+                        "world_size": str(world.world_size), "flops_per_token": str(trainer.flops_per_token),
+                        **peak.as_params()})
+    job = Job(world, config, module, stream, val_chunks, skips, tracker, viz, trainer, output_dir, lock, peak=peak)
     if resume is not None and resume.state is not None:
         restore(job, resume)
     if resume is not None:
@@ -153,7 +186,8 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
 def open_run(config: Config, resume: ResumePoint | None, run_name: str, output_dir: Path, tags: dict[str, str],
              mlflow_process: ChildProcess | None) -> tuple[FolderLock, Tracker, VisualizationManager]:
     """Rank 0: hold the output folder, open the run (its tracker), name it in ``run.json``,
-    and start the dashboard. A store that cannot be opened leaves no new folder behind."""
+    write and log its ``config.yaml`` (a valid ``--config`` file), and start the dashboard.
+    A store that cannot be opened leaves no new folder behind."""
     created = not output_dir.exists()
     lock = FolderLock(output_dir)
     lock.acquire()
@@ -166,15 +200,48 @@ def open_run(config: Config, resume: ResumePoint | None, run_name: str, output_d
             shutil.rmtree(output_dir, ignore_errors=True)  # it holds nothing but the lock file
         raise
     write_run_file(output_dir, tracker.run_id, config.as_dict(), model_logged=bool(resume and resume.model_logged))
+    config_file = output_dir / "config.yaml"
+    config_file.write_text(config_to_yaml(config), encoding="utf-8")
+    tracker.log_artifact(config_file)
+    log_tokenizer(config.data.tokenizer, output_dir, tracker)
+    if config.tracking.enabled:
+        tracker.log_inputs(dataset_inputs(config))
     viz = VisualizationManager(output_dir, tracker, config.train.viz_interval, config.runtime.background_nice)
     return lock, tracker, viz
+
+
+def log_tokenizer(spec: str, output_dir: Path, tracker: Tracker) -> None:
+    """Log the run's tokenizer under ``tokenizer/``: its ``tokenizer.json``, or for the byte
+    tokenizer a short ``byte_tokenizer.json`` describing it, written into the output folder."""
+    import json
+
+    from slimtrack.data.tokenizer import byte_tokenizer_definition, tokenizer_file
+
+    if spec == "byte":
+        path = output_dir / "tokenizer" / "byte_tokenizer.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(byte_tokenizer_definition(), indent=2) + "\n", encoding="utf-8")
+    else:
+        path = tokenizer_file(spec)
+    if path is not None:
+        tracker.log_artifact(path, "tokenizer")
+
+
+def dataset_inputs(config: Config) -> list[dict[str, str]]:
+    """The run's training and validation splits as dataset inputs (lineage.py: metadata only)."""
+    from slimtrack.data.lineage import describe_split
+
+    return [{**describe_split(config.data.dataset, split).as_dict(), "context": context}
+            for split, context in (("train", "training"), ("validation", "validation"))]
 
 
 def announce(job: Job, device: torch.device, threads: int) -> None:
     """The run's one line at the start (and a word when its validation split is empty)."""
     world, trainer = job.world, job.trainer
     print(f"slimtrack: {job.model.num_parameters():,} parameters on {device}, {threads} threads"
-          + (f" x {world.world_size} ranks" if world.enabled else "") + f", output in {job.output_dir}"
+          + (f" x {world.world_size} ranks" if world.enabled else "")
+          + (f", mfu against {job.peak.tflops:.3g} TFLOP/s ({job.peak.source})" if job.peak else "")
+          + f", output in {job.output_dir}"
           + (f", run {job.tracker.run_id}" if job.tracker.run_id else "")
           + (f", resuming after step {trainer.step}" if job.resumed_at is not None else ""), file=sys.stderr)
     if not job.val_chunks:
@@ -196,7 +263,9 @@ def restore(job: Job, resume: ResumePoint) -> None:
     job.trainer.optimizer.load_state_dict(state["optimizer"])
     job.trainer.step = int(state["step"])
     job.trainer.tokens_seen = int(state["tokens_seen"])
-    job.stream.skip(job.trainer.step)  # one chunk per step: the exact next chunk comes next
+    # A step trains grad_accum chunks (the run's own config, unchanged by a resume):
+    # skipping them all makes the exact next chunk come next.
+    job.stream.skip(job.trainer.step * job.config.train.grad_accum)
     if job.viz is not None:
         job.viz.restore(until_step=job.trainer.step)
     restore_rng_state(state["rng"])

@@ -1,20 +1,22 @@
-"""SlimPajamaTrainer: one optimizer step per chunk, and the loop around it.
+"""SlimPajamaTrainer: one optimizer step per ``grad_accum`` chunks, and the loop around it.
 
-``train_on_chunk`` is the step (forward, loss + accuracy, backward, clip,
-optimizer). ``fit`` is the loop, and the one place where side effects are
-ordered: record -> tracker (returns at once) -> viz (renders off-thread) ->
-checkpoint (flush the tracker first). ``run_training`` in ``session.py`` sets
-all of it up from a Config.
+``train_on_chunk`` is the step (for each micro-batch chunk: forward, loss + accuracy,
+backward; then clip and optimizer). ``fit`` is the loop, and the one place where side
+effects are ordered: record -> tracker (returns at once) -> viz (renders off-thread) ->
+checkpoint (flush the tracker first). ``run_training`` in ``session.py`` sets all of it
+up from a Config.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import psutil
 import torch
@@ -22,10 +24,11 @@ import torch.nn.functional as F
 
 from slimtrack.config import Config, TrainConfig
 from slimtrack.train.distributed import ReducedStep, World, reduce_step
+from slimtrack.train.flops import model_flops_per_token, model_flops_utilization
+from slimtrack.train.samples import token_byte_lengths
 from slimtrack.metrics import TrainingMetrics
 
 IGNORE_INDEX = -100
-SAMPLE_CHARS = 96  # tokens of the sample row shown as input/output text
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,18 +91,17 @@ def loss_sums_by_source(row_loss: torch.Tensor, sources: torch.Tensor, names: li
 
 @dataclass
 class StepResult:
-    loss: float
-    accuracy: float
-    grad_norm: float
+    loss: float  # mean over all micro-batches' target tokens
+    accuracy: float  # likewise
+    grad_norm: float  # of the accumulated gradient, before clipping
     by_source: dict[str, tuple[float, int]]  # set -> (loss sum, tokens)
-    sample: dict[str, Any] | None
 
 
 class SlimPajamaTrainer:
     """The optimizer step (``train_on_chunk``), evaluation, the step's record and the loop (``fit``)."""
 
     def __init__(self, config: Config, model: torch.nn.Module, tokenizer: Any, device: torch.device,
-                 source_names: Callable[[], list[str]], world: World = World()) -> None:
+                 source_names: Callable[[], list[str]], world: World = World(), peak_flops: float = 0.0) -> None:
         self.config = config
         self.model = model  # what trains: the GPT, or DistributedDataParallel(GPT)
         self.module = getattr(model, "module", model)  # the GPT itself (eval, checkpoints)
@@ -111,6 +113,9 @@ class SlimPajamaTrainer:
         self.step = 0  # optimizer steps done
         self.in_update = False  # True while an optimizer step is applied and not yet counted
         self.tokens_seen = 0
+        self.flops_per_token = model_flops_per_token(self.module, config.data.seq_len)
+        self.peak_flops = peak_flops  # one device's peak FLOP/s (flops.resolve_peak); 0: mfu is 0
+        self.token_bytes: torch.Tensor | None = None  # [V] UTF-8 bytes per token (val_bpb), at the first evaluate
         self._process = psutil.Process()
 
     # ---- one step ------------------------------------------------------------------------------
@@ -118,45 +123,68 @@ class SlimPajamaTrainer:
         # bf16 autocast on CUDA; CPU stays fp32 (deterministic, and bf16 matmuls are slow there).
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def train_on_chunk(self, chunk: Any, want_sample: bool = False) -> StepResult:
-        """Forward, loss, backward, clip, update on one chunk ([B, T+1] tokens)."""
+    def train_on_chunk(self, chunk: Any | Sequence[Any]) -> StepResult:
+        """One optimizer step on one chunk ([B, T+1] tokens) or on a list of chunks (the
+        step's grad_accum micro-batches): forward, loss and backward of each, then clip and update.
+
+        Each micro-batch's loss is scaled by 1/N before its backward, so the summed gradient
+        is the gradient of the mean over all N micro-batches' tokens (every micro-batch has
+        B x T targets and none is ignored: chunk targets are token ids, never IGNORE_INDEX).
+        The native loss kernel scales the gradient it wrote into the logits in place by that
+        upstream 1/N. Under DDP only the last micro-batch all-reduces the gradients."""
+        micro = list(chunk) if isinstance(chunk, (list, tuple)) else [chunk]
+        n = len(micro)
         self.model.train()
-        tokens = chunk.tokens.to(self.device, non_blocking=True)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # [B, T] each
-        with self._autocast():
-            logits = self.model(inputs)  # [B, T, V]
-        sample = self._sample(inputs[0], targets[0], logits[0]) if want_sample else None
-        B, T, V = logits.shape
-        loss, accuracy, row_loss = compute_loss(logits.view(B * T, V), targets.reshape(-1),
-                                                self.config.train.kernels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, accuracies, row_losses = [], [], []
+        for i, part in enumerate(micro):
+            with self._gradient_sync(i == n - 1):
+                loss, accuracy, row_loss = self._forward_backward(part, n)
+            losses.append(loss)
+            accuracies.append(accuracy)
+            row_losses.append(row_loss)
         clip = self.config.train.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         self.in_update = True  # the weights move from step N to N+1 until fit counts the step
         self.optimizer.step()
-        by_source = loss_sums_by_source(row_loss.cpu(), chunk.sources[:, 1:].reshape(-1), self.source_names())
-        return StepResult(float(loss.detach()), float(accuracy), float(grad_norm), by_source, sample)
+        sources = torch.cat([part.sources[:, 1:].reshape(-1) for part in micro])
+        by_source = loss_sums_by_source(torch.cat(row_losses).cpu(), sources, self.source_names())
+        # Equal token counts: the mean of the micro-batches' means is the token-weighted mean.
+        return StepResult(float(torch.stack(losses).mean()), float(torch.stack(accuracies).mean()),
+                          float(grad_norm), by_source)
 
-    def _sample(self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor) -> dict[str, Any]:
-        """Decoded input and the model's next-token predictions for one row (before the loss
-        kernel overwrites the logits with their gradient)."""
-        predicted = logits.detach().argmax(dim=-1)  # [T]
-        accuracy = float((predicted == targets).float().mean())
-        n = SAMPLE_CHARS
-        return {
-            "input": self.tokenizer.decode(inputs[:n].tolist()),
-            "output": self.tokenizer.decode(predicted[:n].tolist()),
-            "accuracy": accuracy,
-        }
+    def _forward_backward(self, chunk: Any, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward, loss and backward of one micro-batch whose loss counts 1/n of the step's.
+        Returns its detached loss, accuracy and row losses."""
+        tokens = chunk.tokens.to(self.device, non_blocking=True)
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]  # [B, T] each
+        with self._autocast():
+            logits = self.model(inputs)  # [B, T, V]
+        B, T, V = logits.shape
+        loss, accuracy, row_loss = compute_loss(logits.view(B * T, V), targets.reshape(-1),
+                                                self.config.train.kernels)
+        (loss / n).backward()
+        return loss.detach(), accuracy, row_loss
+
+    def _gradient_sync(self, sync: bool) -> ContextManager[Any]:
+        """DDP's ``no_sync`` on micro-batches that only accumulate: their gradients stay local
+        until the last micro-batch's backward all-reduces the sum."""
+        if sync or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     @torch.no_grad()
-    def evaluate(self, chunks: list[Any]) -> tuple[float, float]:
-        """Mean loss and accuracy over held-out chunks (torch ops: nothing is written in place)."""
+    def evaluate(self, chunks: list[Any]) -> tuple[float, float, float]:
+        """Mean loss, accuracy and bits per byte (val_bpb) over held-out chunks (torch ops:
+        nothing is written in place). Bits per byte: the summed token losses in bits over
+        the UTF-8 bytes of the target tokens' text (samples.token_byte_lengths: EOS counts
+        no bytes, its loss counts), so runs with different tokenizers compare."""
         if not chunks:
-            return math.nan, math.nan
+            return math.nan, math.nan, math.nan
         self.module.eval()
-        total_loss = total_correct = total = 0.0
+        if self.token_bytes is None:
+            self.token_bytes = token_byte_lengths(self.tokenizer).to(self.device)
+        total_loss = total_correct = total = total_bytes = 0.0
         for chunk in chunks:
             tokens = chunk.tokens.to(self.device)
             inputs, targets = tokens[:, :-1], tokens[:, 1:].reshape(-1)
@@ -166,7 +194,9 @@ class SlimPajamaTrainer:
             total_loss += float(F.cross_entropy(logits, targets, reduction="sum"))
             total_correct += float((logits.argmax(-1) == targets).sum())
             total += targets.numel()
-        return total_loss / total, total_correct / total
+            total_bytes += float(self.token_bytes[targets].sum())
+        bpb = total_loss / math.log(2) / total_bytes if total_bytes else math.nan
+        return total_loss / total, total_correct / total, bpb
 
     # ---- the record of a step ------------------------------------------------------------------
     def make_record(self, step: ReducedStep, grad_norm: float, lr: float, seconds: float) -> TrainingMetrics:
@@ -177,31 +207,32 @@ class SlimPajamaTrainer:
             rss_mb=self._process.memory_info().rss / 2**20, grad_norm=grad_norm,
             step_time_ms=seconds * 1000.0, tokens_seen=self.tokens_seen, loss_by_source=step.by_source,
             extra=step.per_rank,
+            mfu=model_flops_utilization(self.flops_per_token, step.tokens_per_sec, self.peak_flops,
+                                        self.world.world_size),
         )
 
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self, chunks: Iterable[Any], val_chunks: list[Any], hooks: "LoopHooks") -> None:
-        """Train until max_chunks steps are done or the chunks run out.
+        """Train until max_chunks optimizer steps are done or the chunks run out.
 
-        Raises KeyboardInterrupt at a step boundary when a stop was requested (on any rank),
-        NonFiniteLossError when the loss is NaN or Inf."""
+        Each step takes the next grad_accum chunks (its micro-batches); a last step the data
+        cannot fill is not taken. Raises KeyboardInterrupt at a step boundary when a stop was
+        requested (on any rank), NonFiniteLossError when the loss is NaN or Inf."""
         cfg = self.config.train
-        sample_every = max(1, cfg.viz_interval // 5)
         batches = iter(chunks)
         while self.step < cfg.max_chunks:
             wait_started = time.perf_counter()
-            chunk = next(batches, None)
+            micro = list(itertools.islice(batches, cfg.grad_accum))
             data_wait = time.perf_counter() - wait_started
-            if chunk is None:
+            if len(micro) < cfg.grad_accum:
                 break
             lr = learning_rate(self.step + 1, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            want_sample = (self.step + 1) % sample_every == 0 or self.step + 1 == cfg.max_chunks
             started = time.perf_counter()
-            result = self.train_on_chunk(chunk, want_sample)
+            result = self.train_on_chunk(micro)
             seconds = time.perf_counter() - started
-            tokens = int(chunk.tokens[:, 1:].numel())
+            tokens = sum(int(part.tokens[:, 1:].numel()) for part in micro)
             reduced = reduce_step(self.world, result.loss, result.accuracy, tokens, seconds, result.by_source,
                                   hooks.stop_requested())
             self.step += 1
@@ -210,14 +241,12 @@ class SlimPajamaTrainer:
             record = self.make_record(reduced, result.grad_norm, lr, seconds)
             record.data_wait_ms = data_wait * 1000.0
             if not math.isfinite(record.loss):
-                hooks.on_step(record, None)
+                hooks.on_step(record)
                 raise NonFiniteLossError(self.step, record.loss)
             if self.world.is_main and val_chunks and (self.step % cfg.eval_interval == 0
                                                       or self.step == cfg.max_chunks):
-                record.val_loss, record.val_accuracy = self.evaluate(val_chunks)
-            if result.sample is not None:
-                result.sample["step"] = self.step
-            hooks.on_step(record, result.sample)
+                record.val_loss, record.val_accuracy, record.val_bpb = self.evaluate(val_chunks)
+            hooks.on_step(record)
             if self.step % cfg.checkpoint_interval == 0:
                 hooks.on_checkpoint(self.step)
             if reduced.stop:
@@ -225,9 +254,9 @@ class SlimPajamaTrainer:
 
 
 class LoopHooks:
-    """What ``fit`` calls after each step; ``session.py`` supplies the real ones."""
+    """What ``fit`` calls after each step; ``hooks.py`` supplies the real ones."""
 
-    def on_step(self, record: TrainingMetrics, sample: dict[str, Any] | None) -> None: ...
+    def on_step(self, record: TrainingMetrics) -> None: ...
     def on_checkpoint(self, step: int) -> None: ...
     def stop_requested(self) -> bool: return False
     def close(self) -> None: ...
