@@ -11,7 +11,8 @@
 - ``sink.py``: ``MlflowSink``: one method per operation, as MLflow client calls.
 - ``process.py``: ``SinkProcess``: the sink's calls in the MLflow child process.
 - ``client.py``: ``Client``, the MlflowClient the sink uses.
-- ``model_export.py``: the final model as an MLflow model.
+- ``model_export.py``: the final model as an MLflow model (pytorch and pyfunc flavours).
+- ``pyfunc_model.py``: the pyfunc that turns prompts into continuations; imports no slimtrack.
 - ``uri.py``: credentials kept out of what is printed or logged.
 
 Importing this package imports no MLflow.

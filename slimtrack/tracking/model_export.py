@@ -1,32 +1,53 @@
 """The final model of a run as an MLflow model.
 
-``log_pt2_model`` logs an MLflow PyTorch model (``runs:/<id>/model``) in the 'pt2'
-(torch.export) format: loading it runs no pickled code. ``--register-model NAME`` makes it
-a new version of NAME in the model registry, tagged with the run's final metrics.
+``log_pt2_model`` logs the model (``runs:/<id>/model``, also ``models:/<model_id>``) as an
+exported program (torch.export, the 'pt2' format: loading it runs no pickled code) whose
+batch and sequence dimensions are dynamic: any batch, any length from 1 to ``block_size``.
+
+Given the run's tokenizer file, the one MLmodel carries two flavours over the same program:
+
+- ``python_function``: text in, text out (pyfunc_model.py, stored as code in the model, which
+  imports no slimtrack): ``mlflow.pyfunc.load_model(uri).predict(["prompt", ...])`` and
+  ``mlflow models serve`` give continuations, with params ``max_new_tokens``, ``temperature``,
+  ``top_k`` and ``seed``;
+- ``pytorch``: ``mlflow.pytorch.load_model(uri)`` gives the raw module, token ids [B, T] ->
+  logits [B, T, V].
+
+The model's ``artifacts/`` folder holds ``model.pt2``, the tokenizer (its ``tokenizer.json``,
+or the byte tokenizer's definition) and ``text_model.json`` (``block_size``, ``vocab_size``).
+Without a tokenizer file the model is logged with the pytorch flavour only.
+
+``--register-model NAME`` makes it a new version of NAME in the model registry, tagged with
+the run's final metrics.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 VERSION_TAG_METRICS = ("val_loss", "val_accuracy", "val_bpb", "loss", "accuracy")  # tags of a registered version
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc's code, copied into the model
+PROGRAM_FILE = "model.pt2"  # the name mlflow.pytorch loads from the pytorch flavour's folder
+CONFIG_FILE = "text_model.json"
+ARTIFACTS_DIR = "artifacts"  # where mlflow.pyfunc stores a model's artifacts
 
 
-def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str = "") -> str | None:
-    """Log the model into the run; with ``register_as``, also register it as a new version
-    of that model, tagged with the run's final validation metrics. Returns the version."""
+def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str = "",
+                  tokenizer_file: Path | None = None) -> str | None:
+    """Log the model into the run (with ``tokenizer_file``, as a text model with both
+    flavours); with ``register_as``, also register it as a new version of that model, tagged
+    with the run's final validation metrics. Returns the version."""
     import mlflow
-    import mlflow.pytorch
-    import torch
 
     with mlflow.start_run(run_id=run_id):  # log_model wants an active run: ours
-        # The signature comes from one forward pass of the model in memory: MLflow would
-        # otherwise infer it, and check the serving example, by saving, loading and running
-        # the exported model, which gives the same signature and the same files.
-        info = mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", input_example=input_example,
-                                        signature=model_signature(model, input_example),
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                        registered_model_name=register_as or None, validate_serving_input=False)
+        if tokenizer_file is not None:
+            info = log_text_model(model, input_example, Path(tokenizer_file), register_as)
+        else:
+            info = log_tensor_model(model, input_example, register_as)
     version = getattr(info, "registered_model_version", None)
     if register_as and version is not None:
         client = mlflow.MlflowClient()
@@ -36,6 +57,107 @@ def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str 
                 client.set_model_version_tag(register_as, str(version), key, str(metrics[key]))
         client.set_model_version_tag(register_as, str(version), "run_id", run_id)
     return None if version is None else str(version)
+
+
+def export_program(model: Any, input_example: Any) -> Any:
+    """``torch.export`` of ``model`` with a dynamic batch and a dynamic sequence length from 1
+    to the model's ``block_size``. ``input_example``: token ids [B, T] (numpy or torch), B >= 2
+    (torch.export specialises a dimension of size 1 to a constant)."""
+    import torch
+    from torch.export import Dim
+
+    example = torch.as_tensor(input_example, dtype=torch.int64)
+    block_size = int(model.config.block_size)
+    dims = {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=block_size)}
+    return torch.export.export(model, (example,), dynamic_shapes=(dims,))
+
+
+def text_signature() -> Any:
+    """Prompts (a string column ``prompt``) in, continuations (strings) out, with the
+    decoding params and their defaults (pyfunc_model.PARAM_DEFAULTS)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    params = ParamSchema([ParamSpec("max_new_tokens", DataType.long, 200), ParamSpec("temperature", DataType.double, 0.8),
+                          ParamSpec("top_k", DataType.long, 50), ParamSpec("seed", DataType.long, -1)])
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string)]),
+                          outputs=Schema([ColSpec(DataType.string)]), params=params)
+
+
+class TextModelFlavor:
+    """What ``mlflow.models.Model.log`` calls to write the model folder: the pyfunc (code and
+    artifacts), then the pytorch flavour over the same ``artifacts/model.pt2``."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, artifacts: dict[str, str], signature: Any,
+                   input_example: Any, pip_requirements: list[str], validate_serving_input: bool = False) -> None:
+        """Write the model into ``path``. ``validate_serving_input`` is Model.log's own (passed
+        on to every flavour); the pyfunc is not run while it is logged."""
+        import mlflow.pyfunc
+        import torch
+
+        mlflow.pyfunc.save_model(path, python_model=str(PYFUNC_CODE), artifacts=artifacts, mlflow_model=mlflow_model,
+                                 signature=signature, input_example=input_example, pip_requirements=pip_requirements)
+        program_dir = Path(path, ARTIFACTS_DIR)
+        if not (program_dir / PROGRAM_FILE).is_file():
+            raise RuntimeError(f"the pyfunc model holds no {ARTIFACTS_DIR}/{PROGRAM_FILE}")
+        mlflow_model.add_flavor("pytorch", model_data=ARTIFACTS_DIR, pytorch_version=str(torch.__version__), code=None)
+        mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def log_text_model(model: Any, input_example: Any, tokenizer_file: Path, register_as: str) -> Any:
+    """Log the exported program, the tokenizer and the pyfunc code as one model (both flavours)."""
+    import pandas as pd
+    import torch
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="slimtrack-model-") as tmp:
+        program = Path(tmp) / PROGRAM_FILE
+        torch.export.save(export_program(model, input_example), str(program))
+        config = Path(tmp) / CONFIG_FILE
+        config.write_text(json.dumps({"block_size": int(model.config.block_size),
+                                      "vocab_size": int(model.config.vocab_size)}) + "\n", encoding="utf-8")
+        artifacts = {"program": str(program), "tokenizer": str(tokenizer_file), "config": str(config)}
+        return Model.log(artifact_path=None, name="model", flavor=TextModelFlavor, flavor_name="python_function",
+                         registered_model_name=register_as or None,
+                         artifacts=artifacts, signature=text_signature(),
+                         input_example=pd.DataFrame({"prompt": ["The "]}),
+                         pip_requirements=requirements(needs_tokenizers=not _is_byte_definition(tokenizer_file)),
+                         validate_serving_input=False)
+
+
+def requirements(needs_tokenizers: bool) -> list[str]:
+    """The pip requirements of the text model: torch (and tokenizers for a tokenizer.json)."""
+    import torch
+
+    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+    if needs_tokenizers:
+        import tokenizers
+
+        reqs.append(f"tokenizers=={tokenizers.__version__}")
+    return reqs
+
+
+def _is_byte_definition(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == "byte"
+
+
+def log_tensor_model(model: Any, input_example: Any, register_as: str) -> Any:
+    """Log the exported program alone, as an MLflow PyTorch model (token ids in, logits out)."""
+    import mlflow.pytorch
+    import torch
+
+    # The signature comes from one forward pass of the model in memory: MLflow would
+    # otherwise infer it, and check the serving example, by saving, loading and running
+    # the exported model, which gives the same signature and the same files.
+    return mlflow.pytorch.log_model(model, name="model", serialization_format="pt2", input_example=input_example,
+                                    signature=model_signature(model, input_example),
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                    registered_model_name=register_as or None, validate_serving_input=False)
 
 
 def model_signature(model: Any, input_example: Any) -> Any:

@@ -145,8 +145,10 @@ class MlflowTracker:
         self.worker.put(SetTag(key="mlflow.loggedArtifacts",
                              value=json.dumps([{"path": p, "type": "table"} for p in self._table_paths])))
 
-    def log_model(self, model: Any, input_example: Any) -> None:
-        """The final model into the run (model_export.py), once everything before it is delivered."""
+    def log_model(self, model: Any, input_example: Any, tokenizer_file: Path | None = None) -> None:
+        """The final model into the run (model_export.py), once everything before it is delivered;
+        with ``tokenizer_file`` (the run's tokenizer.json or byte tokenizer definition), as a
+        text model: a pyfunc flavour (prompts in, continuations out) beside the pytorch one."""
         from slimtrack.tracking.model_export import log_pt2_model
 
         self.flush()
@@ -154,7 +156,8 @@ class MlflowTracker:
             say("tracking server unreachable: the final model is not logged (the checkpoints hold it)")
             return
         try:
-            log_pt2_model(self.run_id, model, input_example, register_as=self.settings.register_model)
+            log_pt2_model(self.run_id, model, input_example, register_as=self.settings.register_model,
+                          tokenizer_file=tokenizer_file)
         except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
             log.error("mlflow: could not log the final model: %s", redact_text(str(exc)))
 
