@@ -4,7 +4,6 @@ on a checkpoint written by a real tiny training run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -12,7 +12,8 @@ from slimtrack.metrics import TrainingMetrics
 from slimtrack.tracking import NullTracker
 from slimtrack.tracking.client import Client, open_encoded_png
 from slimtrack.tracking.delivery import Delivery
-from slimtrack.tracking.operations import RunRef, StartRun
+from slimtrack.tracking.operations import LogArtifact, LogMetrics, RunRef, StartRun
+from slimtrack.tracking.spool import Spool
 from slimtrack.tracking.sink import EXPERIMENT_KIND, MlflowSink
 from slimtrack.tracking.tracker import MlflowTracker
 from slimtrack.tracking.uri import redact_uri
@@ -180,10 +181,8 @@ def test_redact_uri_and_null_tracker():
     assert null.flush() and null.run_id is None
 
 
-def _spool_started_offline(tmp_path: Path, missing: Path) -> "Spool":
+def _spool_started_offline(tmp_path: Path, missing: Path) -> Spool:
     """What a run that never reached its store leaves: the start, metrics, a checkpoint since rotated away."""
-    from slimtrack.tracking.operations import LogArtifact, LogMetrics
-    from slimtrack.tracking.spool import Spool
 
     spool = Spool(tmp_path / "out")
     spool.append([StartRun(experiment="exp-offline", run_name="offline", run_key="key-offline"),
