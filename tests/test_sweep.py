@@ -160,5 +160,5 @@ def test_ctrl_c_stops_the_running_trial_and_the_sweep(tmp_path):
     _, parent, children = sweep_runs(uri)
     assert parent.info.status == "KILLED"
     assert [run.info.status for run in children] == ["KILLED"]  # no second trial started
-    assert "stopped (SIGINT)" in output  # the trial ended itself, as `slimtrack train` does on Ctrl-C
+    assert "interrupted at step" in output and "(SIGINT)" in output  # the trial ended itself, as `slimtrack train` does on Ctrl-C
     assert "trial 2/2" not in output

@@ -82,7 +82,7 @@ def _train(job: Job, stop: StopFlag) -> RunOutcome:
         with loop:
             job.trainer.fit(job.stream, job.val_chunks, hooks)
     except KeyboardInterrupt:
-        status, message = "KILLED", f"stopped ({stop.reason or 'interrupted'}) at step {job.trainer.step}"
+        status, message = "KILLED", f"interrupted at step {job.trainer.step} ({stop.reason or 'SIGINT'})"
     except NonFiniteLossError as exc:
         status, message = "FAILED", f"{exc}; {last_checkpoint_note(job)}"
     except CheckpointWriteError as exc:
