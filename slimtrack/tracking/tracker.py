@@ -219,6 +219,8 @@ class MlflowTracker:
         if self.settings.system_metrics and self.run_id is not None and not self.offline:
             self._services().start_system_metrics(self.run_id, self.settings.system_metrics_interval, self._resumed)
             self._monitoring = True
+        if self.process is not None:
+            self.process.count_cpu_from_now()  # the run's one-off start is not what tracking costs the loop
 
     def _stop_system_metrics(self) -> None:
         if self._monitoring:
