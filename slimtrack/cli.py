@@ -14,13 +14,13 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from slimtrack.config import (DEVICES, PRESETS, Config, FieldInfo, build_config_with_file, config_fields,
                               config_to_yaml)
 from slimtrack.errors import UserError
+from slimtrack.runtime.files import check_writable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -218,19 +218,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def check_output_dir(path: str) -> None:
-    """Fail fast (exit 2) on an output folder that cannot be written. Creates nothing: a run
-    that fails before it starts leaves no empty folder behind."""
-    if not path:
-        return
-    target = Path(path).expanduser()
-    existing = next(folder for folder in (target, *target.parents) if folder.exists())
-    if not existing.is_dir():
-        raise UserError(f"--output-dir {path} is not writable: {existing} is not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise UserError(f"--output-dir {path} is not writable: {exc.strerror or exc}") from None
+    """Fail fast (exit 2) on an output folder that cannot be written; creates nothing."""
+    if path:
+        check_writable(Path(path), "--output-dir", path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

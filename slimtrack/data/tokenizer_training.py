@@ -14,7 +14,6 @@ holds the 256 byte symbols, the special token and up to N - 257 learned merges.
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Iterator
 from slimtrack.data.documents import SkipStats, iter_documents
 from slimtrack.data.tokenizer import EOS_MARKER
 from slimtrack.errors import UserError
-from slimtrack.runtime.files import atomic_write_bytes
+from slimtrack.runtime.files import atomic_write_bytes, check_writable
 
 SPECIAL_TOKENS = (EOS_MARKER,)
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
@@ -76,14 +75,7 @@ def output_path(out: Path) -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
         path = path / "tokenizer.json"
-    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
-    if not existing.is_dir():
-        raise UserError(f"--out {out} is not writable: {existing} is not a folder")
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise UserError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+    check_writable(path.parent, "--out", out)
     return path
 
 

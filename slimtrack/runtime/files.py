@@ -10,6 +10,7 @@ leaves the target as it was and removes its temporary file.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -53,3 +54,21 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_writable(folder: Path, flag: str, given: str) -> None:
+    """Fail fast (``UserError``: one line, ``{flag} {given} is not writable: ...``) when
+    ``folder`` could not be created or written into: its nearest existing ancestor must take
+    a new file. Creates nothing, so a command that fails before it starts leaves no empty
+    folder behind."""
+    from slimtrack.errors import UserError
+
+    folder = Path(folder).expanduser()
+    existing = next(f for f in (folder, *folder.parents) if f.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {given} is not writable: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"{flag} {given} is not writable: {exc.strerror or exc}") from None

@@ -34,7 +34,7 @@ from slimtrack.train.distributed import barrier, shutdown
 from slimtrack.train.hooks import ConsoleAndTrackingHooks, WorkerHooks
 from slimtrack.train.job import Job, checkpoint_state, setup
 from slimtrack.train.loop import LoopHooks, NonFiniteLossError
-from slimtrack.train.resume import ResumePoint, write_run_file
+from slimtrack.train.resume import ResumePoint, read_run_file, write_run_file
 from slimtrack.train.signals import StopFlag, guard_console, stop_on_signals
 
 
@@ -246,6 +246,4 @@ def _tokenizer_file(job: Job) -> Path | None:
 
 
 def _model_logged(job: Job) -> bool:
-    from slimtrack.train.resume import read_run_file
-
     return bool((read_run_file(job.output_dir) or {}).get("model_logged"))
