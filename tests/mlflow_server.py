@@ -69,25 +69,28 @@ def mlflow_server(tmp_path: Path, backend_store_uri: str | None = None,
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
                                    start_new_session=True)
     try:
-        _wait_until_healthy(url, process, log_path, timeout)
+        wait_until_answering(url, process, log_path, timeout)
         yield url
     finally:
         _stop(process)
 
 
-def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+def wait_until_answering(url: str, process: subprocess.Popen, log_path: Path, timeout: float,
+                         endpoint: str = "/health", name: str = "mlflow server") -> None:
+    """Poll ``url + endpoint`` until it answers 200; fail with the log's tail if the process
+    exits or the time runs out (a server, or `mlflow models serve` with endpoint /ping)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}:\n{_tail(log_path)}")
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{_tail(log_path)}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{endpoint}", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"mlflow server at {url} not healthy after {timeout:.0f} s:\n{_tail(log_path)}")
+    raise RuntimeError(f"{name} at {url} not answering after {timeout:.0f} s:\n{_tail(log_path)}")
 
 
 def _stop(process: subprocess.Popen) -> None:

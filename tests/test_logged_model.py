@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlflow_server import _stop as stop, free_port
+from mlflow_server import _stop as stop, free_port, wait_until_answering
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +143,7 @@ def test_models_serve_answers_invocations(logged_model, tmp_path):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env(uri), cwd=tmp_path,
                                    start_new_session=True)
     try:
-        wait_until_pinged(url, process, log_path)
+        wait_until_answering(url, process, log_path, SERVE_TIMEOUT_S, endpoint="/ping", name="mlflow models serve")
         body = json.dumps({"inputs": ["def ", "The "], "params": {"max_new_tokens": 6, "seed": 3}}).encode()
         request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -155,23 +154,3 @@ def test_models_serve_answers_invocations(logged_model, tmp_path):
     assert len(predictions) == 2 and all(isinstance(text, str) for text in predictions)
 
 
-def wait_until_pinged(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {process.returncode}:\n{tail(log_path)}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow models serve not up after {SERVE_TIMEOUT_S:.0f} s:\n{tail(log_path)}")
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
