@@ -223,10 +223,11 @@ def run_sweep(sweep: Sweep) -> int:
     from mlflow.entities import Metric, Param, RunTag
 
     from slimtrack.tracking.client import Client
+    from slimtrack.tracking.source import source_tags
 
     client = Client()
     parent_name = sweep.base.tracking.run_name or f"sweep-{secrets.token_hex(2)}"
-    tags = source_tags()
+    tags = source_tags(sys.argv, os.getcwd())  # the trials carry them too (an attached run sets none)
     experiment_id = experiment_for(client, sweep.base.tracking.experiment)
     parent = client.create_run(experiment_id, run_name=parent_name, tags={**tags, SWEEP_TAG: "parent"}).info.run_id
     say(f"parent run {parent} in experiment {sweep.base.tracking.experiment!r}, "
@@ -350,17 +351,6 @@ def experiment_for(client: Any, name: str) -> str:
     experiment_id = found.experiment_id if found else client.create_experiment(name)
     client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment_id
-
-
-def source_tags() -> dict[str, str]:
-    """mlflow.user, mlflow.source.* (the command line as the source name), as MLflow's
-    fluent API sets them; the trials carry them too (an attached run sets none itself)."""
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME
-
-    tags = {key: str(value) for key, value in resolve_tags({}).items()}
-    tags[MLFLOW_SOURCE_NAME] = " ".join(["slimtrack", *sys.argv[1:]])[:500]
-    return tags
 
 
 def now_ms() -> int:

@@ -142,9 +142,9 @@ def signal_during(monkeypatch, target, method: str) -> None:
 
 
 def test_sigterm_at_the_end_of_the_loop_still_checkpoints_and_ends_the_run(tmp_path, mlflow_store, monkeypatch):
-    from slimtrack.dashboard.manager import VisualizationManager
+    from slimtrack.train.hooks import ConsoleAndTrackingHooks
 
-    signal_during(monkeypatch, VisualizationManager, "close")  # the loop is done, the run's end begins
+    signal_during(monkeypatch, ConsoleAndTrackingHooks, "close")  # the loop is done, the run's end begins
     out = tmp_path / "out"
     config = build_config("test", kernels="torch", output_dir=str(out))
     outcome = session.run_training(config)

@@ -36,3 +36,28 @@ def lower_this_thread_priority(increment: int) -> int | None:
     except OSError:
         return None
     return target
+
+
+def run_this_thread_when_idle() -> bool:
+    """Put the calling thread in Linux's SCHED_IDLE class: it runs only on CPU time no other
+    thread wants, so work that can wait (exporting the model ahead of the run's end) never
+    takes a core from the training threads, whatever its nice value would allow. Elsewhere,
+    or when refused, the thread gets the highest nice value instead. Returns whether
+    SCHED_IDLE took."""
+    thread = threading.get_native_id()
+    try:
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+        return True
+    except (AttributeError, OSError):
+        lower_this_thread_priority(MAX_NICE)
+        return False
+
+
+def thread_cpu_seconds(native_id: int) -> float | None:
+    """CPU time of a live thread of this process (Linux); None once it is gone or elsewhere."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

@@ -8,8 +8,9 @@ tracker's worker, at the end of the run, or ``slimtrack sync``) delivers the who
 Delivery is idempotent. MLflow keeps every point logged at a step and cannot delete one,
 so before a replay (and when a run is resumed) the delivery asks the sink for the last
 step the store holds for each key and drops every point at or below it; a created run
-is found again by its run key (operations.StartRun). An artifact whose local file is gone
-(a checkpoint rotated away before the replay) is skipped and counted, never retried.
+is found again by its run key (operations.StartRun). An artifact (or a model's checkpoint)
+whose local file is gone (rotated away before the replay) is skipped and counted, never
+retried.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from slimtrack.tracking.operations import LogArtifact, LogImage, LogMetrics, Operation, RunRef, Sink, StartRun
+from slimtrack.runtime.child import ChildGone
+from slimtrack.tracking.operations import (LogArtifact, LogImage, LogMetrics, LogModel, Operation, RunRef, Sink,
+                                           StartRun)
 from slimtrack.tracking.spool import Spool
 from slimtrack.tracking.uri import redact_text
 
@@ -45,6 +48,7 @@ class Delivery:
         self.offline = False
         self.missing_files: list[str] = []  # artifacts skipped because their file was gone
         self.last_steps: dict[str, int] = {}  # key -> the last step the store holds
+        self.model_logged = False  # a LogModel was delivered and the sink logged the model
 
     @property
     def run_id(self) -> str | None:
@@ -107,14 +111,31 @@ class Delivery:
             op = LogMetrics(run_id=op.run_id, points=[p for p in op.points if p[3] > self.last_steps.get(p[0], 0)])
             if not op.points:
                 return
-        if isinstance(op, (LogArtifact, LogImage)) and not Path(op.path).exists():
-            self.missing_files.append(op.path)
-            log.warning("mlflow: %s is gone; not logged", op.path)
+        if (path := local_file(op)) is not None and not Path(path).exists():
+            self.missing_files.append(path)
+            log.warning("mlflow: %s is gone; not logged", path)
+            return
+        if isinstance(op, LogModel):
+            self.model_logged = self._log_model(op)
             return
         op.apply(self.sink)
         if isinstance(op, LogMetrics):
             for key, _, _, step in op.points:
                 self.last_steps[key] = max(self.last_steps.get(key, 0), step)
+
+    def _log_model(self, op: LogModel) -> bool:
+        """The final model, once: a model that cannot be logged (an export error, a store that
+        refuses it) is said and left to the checkpoints (a resume logs it), never retried or
+        spooled, so it cannot hold up the operations after it (the run's end). Only a dead
+        MLflow process is raised, for the retry to make the call from this process."""
+        try:
+            return bool(op.apply(self.sink))
+        except ChildGone:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.say(f"could not log the final model ({redact_text(first_line(exc))[:200]}); "
+                     f"the checkpoint {op.checkpoint} holds it, and a resume logs it")
+            return False
 
     def load_logged_steps(self, run_id: str | None = None) -> None:
         """Remember the last step the store holds for each key of the run (default: ours)."""
@@ -156,3 +177,12 @@ class Delivery:
             if op.run_id is None and not isinstance(op, StartRun):
                 op.run_id = self.run_id
         return ops
+
+
+def local_file(op: Operation) -> str | None:
+    """The local file an operation uploads or reads (None: it reads none)."""
+    if isinstance(op, (LogArtifact, LogImage)):
+        return op.path
+    if isinstance(op, LogModel):
+        return op.checkpoint
+    return None

@@ -41,6 +41,7 @@ class Sink(Protocol):
     def log_inputs(self, op: "LogInputs") -> None: ...
     def set_tag(self, op: "SetTag") -> None: ...
     def end_run(self, op: "EndRun") -> None: ...
+    def log_model(self, op: "LogModel") -> bool: ...
     def logged_steps(self, run_id: str) -> dict[str, int]: ...
 
 
@@ -152,8 +153,26 @@ class EndRun(Operation):
         sink.end_run(self)
 
 
-KINDS: dict[str, type[Operation]] = {cls.kind: cls for cls in
-                                     (StartRun, LogMetrics, LogParams, LogArtifact, LogImage, LogInputs, SetTag, EndRun)}
+@dataclass
+class LogModel(Operation):
+    """The run's final model, rebuilt from its final checkpoint where the sink runs (the
+    MLflow process) and logged as an MLflow model (model_export.py); with ``register_as``,
+    also a new version of that registered model. The sink reports whether it was logged:
+    a model that cannot be exported is said once, never retried."""
+
+    kind: ClassVar[str] = "log_model"
+    checkpoint: str = ""  # the final checkpoint file: its "model" entry holds the weights
+    model_config: dict[str, Any] = field(default_factory=dict)  # the ModelConfig fields
+    seq_len: int = 0  # the sequence length of the model's input example
+    tokenizer_file: str | None = None  # with it, a text model (the pyfunc flavour too)
+    register_as: str = ""
+
+    def apply(self, sink: Sink) -> bool:
+        return sink.log_model(self)
+
+
+KINDS: dict[str, type[Operation]] = {cls.kind: cls for cls in (StartRun, LogMetrics, LogParams, LogArtifact, LogImage,
+                                                               LogInputs, SetTag, EndRun, LogModel)}
 
 
 def from_json(line: str) -> Operation:

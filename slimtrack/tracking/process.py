@@ -23,8 +23,9 @@ import sys
 from typing import Any
 
 from slimtrack.runtime.child import ChildGone, ChildProcess
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, RunRef,
-                                           SetTag, Sink, StartRun)
+from slimtrack.tracking.source import source_tags
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
+                                           RunRef, SetTag, Sink, StartRun)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class SinkProcess:
         self._child = child if child is not None and child.alive else None
         self._local: Sink | None = None  # an MlflowSink in this process, once the child is gone
         self._cpu_at_ready: float | None = None  # the child's CPU once it had opened the store
+        self._export_cpu_at_ready = 0.0  # of which preparing the model's export (model_export.py)
 
     @property
     def in_process(self) -> bool:
@@ -74,8 +76,7 @@ class SinkProcess:
         environment names. Returns the store's tracking URI and, when it cannot be opened,
         the first line of why. From then on the child's CPU is counted (``cpu_seconds``)."""
         store, problem = self._ask("open_store", uris)
-        if not self.in_process:
-            self._cpu_at_ready = self._child.cpu_seconds()
+        self.count_cpu_from_now()
         return store, problem
 
     def count_cpu_from_now(self) -> None:
@@ -83,12 +84,21 @@ class SinkProcess:
         system-metrics monitor: once per run) out of ``cpu_seconds``."""
         if not self.in_process:
             self._cpu_at_ready = self._child.cpu_seconds()
+            self._export_cpu_at_ready = self._export_cpu_seconds()
 
     def cpu_seconds(self) -> float:
-        """The child's CPU time since it was ready: what the deliveries cost it."""
+        """The child's CPU time since it was ready: what the deliveries cost it. Preparing the
+        model's export (at idle priority, once per run) is left out, as the start is."""
         if self.in_process or self._cpu_at_ready is None:
             return 0.0
-        return max(0.0, self._child.cpu_seconds() - self._cpu_at_ready)
+        export = self._export_cpu_seconds() - self._export_cpu_at_ready
+        return max(0.0, self._child.cpu_seconds() - self._cpu_at_ready - export)
+
+    def _export_cpu_seconds(self) -> float:
+        try:
+            return self._ask("export_cpu_seconds", None)
+        except Exception:  # noqa: BLE001 — no store open (it failed) or the child gone: nothing prepared
+            return 0.0
 
     def close(self) -> None:
         if self._child is not None:
@@ -119,6 +129,9 @@ class SinkProcess:
     def end_run(self, op: EndRun) -> None:
         self._ask("end_run", op)
 
+    def log_model(self, op: LogModel) -> bool:
+        return self._ask("log_model", op)
+
     def logged_steps(self, run_id: str) -> dict[str, int]:
         return self._ask("logged_steps", run_id)
 
@@ -127,6 +140,12 @@ class SinkProcess:
 
     def stop_system_metrics(self) -> None:
         self._ask("stop_system_metrics", None)
+
+    def prepare_model_export(self, model_config: dict[str, Any], seq_len: int) -> None:
+        self._ask("prepare_model_export", (model_config, seq_len))
+
+    def source_tags(self, argv: list[str], cwd: str) -> dict[str, str]:
+        return self._ask("source_tags", (argv, cwd))
 
     def _ask(self, method: str, argument: Any) -> Any:
         if not self.in_process:
@@ -154,14 +173,21 @@ _SINK_METHODS = {
     "log_inputs": lambda sink, op: sink.log_inputs(op),
     "set_tag": lambda sink, op: sink.set_tag(op),
     "end_run": lambda sink, op: sink.end_run(op),
+    "log_model": lambda sink, op: sink.log_model(op),
     "logged_steps": lambda sink, run_id: sink.logged_steps(run_id),
     "start_system_metrics": lambda sink, args: sink.start_system_metrics(*args),
     "stop_system_metrics": lambda sink, _: sink.stop_system_metrics(),
+    "prepare_model_export": lambda sink, args: sink.prepare_model_export(*args),
+    "source_tags": lambda sink, args: source_tags(*args),
+    "export_cpu_seconds": lambda sink, _: sink.export_cpu_seconds(),
 }
 
 
 # ---- in the child ------------------------------------------------------------------------------
 def main(background_nice: int) -> None:
+    # The process exports the final model (model_export.py) beside a training that has the
+    # cores: one torch thread is all that export needs.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import mlflow
 
     from slimtrack.runtime.child import serve

@@ -7,13 +7,14 @@ is the delivery's business (delivery.py).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from slimtrack.tracking.client import Client
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, RunRef,
-                                           SetTag, StartRun)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
+                                           RunRef, SetTag, StartRun)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI opens the experiment in Model-training mode
@@ -26,6 +27,7 @@ class MlflowSink:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._monitor: Any = None  # MLflow's system-metrics monitor, while one runs
+        self._export: Any = None  # model_export.PreparedExport, once asked for
 
     def start_run(self, op: StartRun) -> RunRef:
         client = self.client
@@ -85,6 +87,18 @@ class MlflowSink:
     def end_run(self, op: EndRun) -> None:
         self.client.set_terminated(op.run_id, status=RunStatus.to_string(RunStatus.from_string(op.status)))
 
+    def log_model(self, op: LogModel) -> bool:
+        """The final model from its checkpoint (model_export.py); True once it is logged."""
+        import mlflow
+
+        from slimtrack.tracking.model_export import log_checkpoint_model
+
+        mlflow.set_tracking_uri(self.client.tracking_uri)  # the fluent API logs models: into this store
+        mlflow.set_registry_uri(self.client._registry_uri)
+        log_checkpoint_model(op.run_id, Path(op.checkpoint), op.model_config, op.seq_len,
+                             Path(op.tokenizer_file) if op.tokenizer_file else None, op.register_as, self._export)
+        return True
+
     # ---- services of the process the sink runs in (not operations: never spooled) -----------
     def start_system_metrics(self, run_id: str, interval: float, resume: bool) -> None:
         """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU where
@@ -95,6 +109,17 @@ class MlflowSink:
         self._monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
                                              tracking_uri=self.client.tracking_uri)
         self._monitor.start()
+
+    def prepare_model_export(self, model_config: dict[str, Any], seq_len: int) -> None:
+        """Export a model of this architecture in the background (model_export.PreparedExport),
+        so that logging the final model only copies the weights in and saves the program."""
+        from slimtrack.tracking.model_export import PreparedExport
+
+        self._export = PreparedExport(model_config, seq_len)
+
+    def export_cpu_seconds(self) -> float:
+        """The CPU time preparing the model's export took so far (0 when none was asked for)."""
+        return self._export.cpu_seconds() if self._export is not None else 0.0
 
     def stop_system_metrics(self) -> None:
         if self._monitor is not None:

@@ -26,8 +26,8 @@ from slimtrack.errors import UserError
 from slimtrack.metrics import TrainingMetrics
 from slimtrack.runtime.child import ChildGone, ChildProcess
 from slimtrack.tracking.delivery import Delivery, first_line
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, SetTag,
-                                           StartRun)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
+                                           SetTag, StartRun)
 from slimtrack.tracking.process import SinkProcess, apply_http_policy
 from slimtrack.tracking.protocol import TrackingCost
 from slimtrack.tracking.spool import Spool
@@ -82,6 +82,9 @@ class MlflowTracker:
         apply_http_policy()
         process = SinkProcess(mlflow_process) if mlflow_process is not None else None
         delivery = open_delivery(Spool(spool_dir) if spool_dir else None, process)
+        tags = {key: str(value) for key, value in tags.items()}  # plain str: nothing for the child to import
+        if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` sets its own
+            tags = {**run_source_tags(process), **tags}
         start = StartRun(experiment=experiment, run_name=run_name, run_key=secrets.token_hex(8), tags=tags,
                          resume_run_id=resume_run_id, attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
         if delivery.remote:
@@ -145,21 +148,31 @@ class MlflowTracker:
         self.worker.put(SetTag(key="mlflow.loggedArtifacts",
                              value=json.dumps([{"path": p, "type": "table"} for p in self._table_paths])))
 
-    def log_model(self, model: Any, input_example: Any, tokenizer_file: Path | None = None) -> None:
-        """The final model into the run (model_export.py), once everything before it is delivered;
-        with ``tokenizer_file`` (the run's tokenizer.json or byte tokenizer definition), as a
-        text model: a pyfunc flavour (prompts in, continuations out) beside the pytorch one."""
-        from slimtrack.tracking.model_export import log_pt2_model
-
-        self.flush()
-        if self.offline or self.run_id is None:
-            say("tracking server unreachable: the final model is not logged (the checkpoints hold it)")
+    def prepare_model(self, model_config: dict[str, Any], seq_len: int) -> None:
+        """The run logs its model at the end: the MLflow process exports a model of this
+        architecture now, while the run trains (model_export.PreparedExport). Without the
+        process nothing is prepared: the model is exported when it is logged."""
+        if self.process is None or self.process.in_process:
             return
         try:
-            log_pt2_model(self.run_id, model, input_example, register_as=self.settings.register_model,
-                          tokenizer_file=tokenizer_file)
-        except Exception as exc:  # noqa: BLE001 — the checkpoints hold the weights regardless
-            log.error("mlflow: could not log the final model: %s", redact_text(str(exc)))
+            self.process.prepare_model_export(model_config, seq_len)
+        except Exception as exc:  # noqa: BLE001 — the model is then exported when it is logged
+            log.warning("mlflow: preparing the model's export failed: %s", redact_text(str(exc)))
+
+    def log_model(self, checkpoint: Path, model_config: dict[str, Any], seq_len: int,
+                  tokenizer_file: Path | None = None) -> None:
+        """The final model, from the checkpoint that holds its weights, into the run
+        (model_export.py), after everything logged before it; with ``tokenizer_file`` (the
+        run's tokenizer.json or byte tokenizer definition), as a text model: a pyfunc flavour
+        (prompts in, continuations out) beside the pytorch one. Returns at once; once the run
+        is finished, ``model_logged`` says whether it is in the store."""
+        self.worker.put(LogModel(checkpoint=str(checkpoint), model_config=model_config, seq_len=seq_len,
+                                 tokenizer_file=str(tokenizer_file) if tokenizer_file else None,
+                                 register_as=self.settings.register_model))
+
+    @property
+    def model_logged(self) -> bool:
+        return self.delivery.model_logged
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
         """Block until deliveries can start (the MLflow process has opened the store): a
@@ -202,12 +215,10 @@ class MlflowTracker:
 
     def ui_hint(self) -> str:
         """How to open this run in the MLflow UI (Model-training mode)."""
-        import mlflow
-
         run = self.delivery.run
         if run is None:
             return "(the run is created when the spool is delivered: slimtrack sync)"
-        uri = mlflow.get_tracking_uri()
+        uri = self.delivery.store
         path = f"#/experiments/{run.experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
         if uri.startswith(("http://", "https://")):
             return f"{redact_uri(uri).rstrip('/')}/{path}"
@@ -264,6 +275,21 @@ def open_delivery(spool: Spool | None, process: SinkProcess | None = None) -> De
     delivery = Delivery(MlflowSink(client), spool, say=say, remote=is_remote(store))
     delivery.store = store
     return delivery
+
+
+def run_source_tags(process: SinkProcess | None) -> dict[str, str]:
+    """The source tags of this command (tracking/source.py), resolved in the MLflow process
+    when there is one; no tags when they cannot be resolved."""
+    argv, cwd = list(sys.argv), os.getcwd()
+    try:
+        if process is not None:
+            return process.source_tags(argv, cwd)
+        from slimtrack.tracking.source import source_tags
+
+        return source_tags(argv, cwd)
+    except Exception as exc:  # noqa: BLE001 — tags describe the run; they never stop it
+        log.warning("mlflow: the source tags could not be resolved: %s", redact_text(str(exc)))
+        return {}
 
 
 def resolved_uris() -> tuple[str, str] | None:

@@ -8,7 +8,8 @@ to MLflow and writes files.
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import importlib.metadata
 import random
 import secrets
 import shutil
@@ -54,43 +55,22 @@ def default_run_name(config: Config) -> str:
 
 
 def run_tags(config: Config, device: torch.device, threads: int) -> dict[str, str]:
-    """The run's tags: what it ran with and where (empty without tracking)."""
+    """The run's tags: what it ran with and where (empty without tracking). Versions come
+    from the installed packages' metadata: the training process does not import MLflow
+    (the MLflow process adds the source tags, tracking/source.py)."""
     if not config.tracking.enabled:
         return {}
-    import mlflow
     import numba
 
     return {
         "slimtrack.preset": config.preset, "slimtrack.dataset": config.data.dataset,
         "slimtrack.tokenizer": config.data.tokenizer, "slimtrack.kernels": config.train.kernels,
         "slimtrack.device": str(device), "slimtrack.threads": str(threads),
-        "slimtrack.version": __version__, "torch.version": torch.__version__,
+        "slimtrack.version": __version__, "torch.version": str(torch.__version__),
         "numba.version": numba.__version__, "numba.threading_layer": str(numba.config.THREADING_LAYER),
-        "mlflow.version": mlflow.__version__, "slimtrack.cpu": cpu_description(),
+        "mlflow.version": importlib.metadata.version("mlflow"), "slimtrack.cpu": cpu_description(),
         **({"slimtrack.gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
-        **source_tags(),
     }
-
-
-def source_tags() -> dict[str, str]:
-    """mlflow.source.*, mlflow.user and the git commit, as MLflow's fluent API sets them. The
-    commit is the working folder's when it is a git checkout (the user's project), else that
-    of slimtrack's source when it runs from one. ``mlflow run`` sets its own."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return {}
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
-
-    tags = {key: str(value) for key, value in resolve_tags({}).items()}
-    tags[MLFLOW_SOURCE_NAME] = " ".join(["slimtrack", *sys.argv[1:]])[:500]
-    if commit := get_git_commit(os.getcwd()):  # the user's checkout before slimtrack's own source
-        tags[MLFLOW_GIT_COMMIT] = commit
-        for key, value in ((MLFLOW_GIT_BRANCH, get_git_branch(os.getcwd())),
-                           (MLFLOW_GIT_REPO_URL, get_git_repo_url(os.getcwd()))):
-            if value:
-                tags[key] = value
-    return tags
 
 
 def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run_id: str | None,
@@ -149,6 +129,8 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
     # up (renderer.py) while the data and the model are set up below.
     lock, tracker, viz = (open_run(config, resume, run_name, output_dir, run_tags(config, device, threads),
                                    mlflow_process) if world.is_main else (None, NullTracker(), None))
+    if config.tracking.log_model:  # the MLflow process exports this architecture while the run trains
+        tracker.prepare_model(dataclasses.asdict(config.model), config.data.seq_len)
     try:
         stream, skips = make_chunks(config.data.dataset, "train", tokenizer, config.data.batch_size,
                                     config.data.seq_len, rank=world.rank, world_size=world.world_size)

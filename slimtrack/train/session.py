@@ -16,7 +16,7 @@ The console then says how to continue (``slimtrack train --resume FOLDER``).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import shlex
 import sys
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from slimtrack.config import Config
 from slimtrack.runtime.child import ChildProcess
-from slimtrack.train.checkpoint import list_checkpoints, save_checkpoint
+from slimtrack.train.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from slimtrack.train.distributed import barrier, shutdown
 from slimtrack.train.hooks import ConsoleAndTrackingHooks, WorkerHooks
 from slimtrack.train.job import Job, checkpoint_state, setup
@@ -191,10 +190,11 @@ def report_tracking_cost(job: Job, loop_seconds: float) -> None:
 
 def finish(job: Job, hooks: LoopHooks, status: str, stop: StopFlag, save_final: bool,
            message: str = "") -> tuple[str, str]:
-    """Final checkpoint, the last dashboard, the model, every record delivered, the run status.
+    """Final checkpoint, the model (exported from it in the MLflow process while the last
+    dashboard is drawn here), every record delivered, the run status.
 
-    A stop asked for while the run ends skips the model's export (a resume does it) and
-    ends the run as KILLED. Returns the status and message the run ended with."""
+    A stop asked for before the model is handed over skips its export (a resume does it)
+    and ends the run as KILLED. Returns the status and message the run ended with."""
     trainer, tracker = job.trainer, job.tracker
     if save_final and trainer.step % job.config.train.checkpoint_interval != 0:
         try:
@@ -205,12 +205,13 @@ def finish(job: Job, hooks: LoopHooks, status: str, stop: StopFlag, save_final: 
         return status, message
     nothing_new = job.resumed_at == trainer.step  # a resume with no step left to train
     hooks.close()
-    job.viz.close(render_last=not nothing_new)
     if status == "FINISHED" and stop.requested:
         status, message = "KILLED", f"stopped ({stop.reason}) while the run ended; the final model is not logged"
-    if status == "FINISHED":
-        log_final_model(job, skip=nothing_new and _model_logged(job))
+    model_sent = status == "FINISHED" and log_final_model(job, skip=nothing_new and _model_logged(job))
+    job.viz.close(render_last=not nothing_new)
     tracker.finish(status)
+    if model_sent and tracker.model_logged:
+        write_run_file(job.output_dir, tracker.run_id, job.config.as_dict(), model_logged=True)
     print(f"slimtrack: run {status.lower()} after {trainer.step} steps; files in {job.output_dir}", file=sys.stderr)
     if tracker.run_id:
         print(f"slimtrack: run id {tracker.run_id}\nslimtrack: view it with {tracker.ui_hint()}", file=sys.stderr)
@@ -220,16 +221,19 @@ def finish(job: Job, hooks: LoopHooks, status: str, stop: StopFlag, save_final: 
     return status, message
 
 
-def log_final_model(job: Job, skip: bool) -> None:
-    """The model into the run (once: ``run.json`` remembers it), then ``run.json`` says so."""
+def log_final_model(job: Job, skip: bool) -> bool:
+    """Hand the model to the tracker: the checkpoint of the final step holds its weights.
+    False when no model is logged (switched off, logged already, no such checkpoint)."""
     config = job.config
     if skip or not (config.tracking.enabled and config.tracking.log_model):
-        return
-    # [2, T] token ids: with a batch of 1, torch.export specialises the batch dimension
-    # to 1 (and warns); with 2 it stays dynamic, so the logged model takes any batch.
-    example = np.zeros((2, config.data.seq_len), dtype=np.int64)
-    job.tracker.log_model(copy.deepcopy(job.model).cpu().eval(), example, tokenizer_file=_tokenizer_file(job))
-    write_run_file(job.output_dir, job.tracker.run_id, config.as_dict(), model_logged=True)
+        return False
+    checkpoint = job.output_dir / "checkpoints" / checkpoint_name(job.trainer.step)
+    if not checkpoint.is_file():
+        print(f"slimtrack: no checkpoint of step {job.trainer.step}; the final model is not logged", file=sys.stderr)
+        return False
+    job.tracker.log_model(checkpoint, dataclasses.asdict(config.model), config.data.seq_len,
+                          tokenizer_file=_tokenizer_file(job))
+    return True
 
 
 def _tokenizer_file(job: Job) -> Path | None:
