@@ -65,6 +65,26 @@ def test_a_killed_child_falls_back_to_this_process_and_loses_nothing(mlflow_stor
     assert logged_steps(tracker.run_id) == list(range(1, 11))
 
 
+def test_a_checkpoint_given_to_a_child_that_died_is_uploaded_again_from_this_process(mlflow_store, tmp_path):
+    """The child took the upload (its upload thread may not have run it) and died: the run's
+    end hands it back to the delivery, which uploads it from this process."""
+    tracker = MlflowTracker.start("exp-u", "r", {}, mlflow_process=start_mlflow_process(10))
+    checkpoint = tmp_path / "latest.pt"
+    checkpoint.write_bytes(b"state")
+    tracker.log_artifact(checkpoint, "checkpoints", bulky=True)
+    assert tracker.flush(timeout=60) and not tracker.process.in_process
+    child = tracker.process._child._process
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    redo = tracker.process.drain_uploads(10)
+    assert [(op.path, op.artifact_path, op.bulky) for op in redo] == [(str(checkpoint), "checkpoints", False)]
+    tracker.delivery.send(redo)  # what finish does with them
+    tracker.finish()
+    client = MlflowClient()
+    assert [f.path for f in client.list_artifacts(tracker.run_id, "checkpoints")] == ["checkpoints/latest.pt"]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
 def test_the_process_can_be_switched_off(mlflow_store):
     tracker = MlflowTracker.start("exp-o", "r", {}, mlflow_process=None)  # tracking.mlflow_process = False
     assert tracker.process is None and type(tracker.delivery.sink) is MlflowSink

@@ -8,8 +8,8 @@ from tracking_fakes import RecordingSink
 
 from slimtrack.tracking.batching import Batcher
 from slimtrack.tracking.delivery import Delivery
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogMetrics, LogParams, SetTag, StartRun, from_json,
-                                           merge_metrics)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogMetrics, LogModel, LogParams, SetTag, StartRun,
+                                           from_json, merge_metrics)
 from slimtrack.tracking.spool import Spool
 
 
@@ -21,6 +21,9 @@ def test_every_operation_survives_its_spool_line():
     ops = [StartRun(experiment="e", run_name="r", run_key="k", tags={"a": "1"}, attach_run_id="x"),
            metrics(3, "run"), LogParams(run_id="run", params={"train.lr": "0.001"}),
            LogArtifact(run_id="run", path="/a/b.png", artifact_path="viz"), SetTag(run_id="run", key="k", value="v"),
+           LogArtifact(run_id="run", path="/o/.upload/latest.pt", artifact_path="checkpoints", bulky=True),
+           LogModel(run_id="run", checkpoint="/o/step_000020.pt", model_config={"n_layer": 2}, seq_len=64,
+                    tokenizer_file="/o/tokenizer.json", register_as="tiny"),
            EndRun(run_id="run", status="KILLED")]
     assert [from_json(op.to_json()) for op in ops] == ops
 
@@ -130,6 +133,32 @@ def test_an_artifact_whose_file_is_gone_is_skipped_and_counted(tmp_path: Path):
     assert not delivery.offline
     assert delivery.missing_files == [str(tmp_path / "step_000005.pt")]
     assert [type(op).__name__ for op in sink.applied] == ["StartRun", "LogArtifact", "LogMetrics"]
+
+
+def test_a_model_that_cannot_be_logged_is_said_once_and_holds_up_nothing(tmp_path: Path):
+    """An export error is neither retried nor spooled: the run's end after it is delivered."""
+    sink = RecordingSink()
+    lines: list[str] = []
+    delivery = Delivery(sink, Spool(tmp_path), retry_attempts=3, retry_delay=0.0, say=lines.append)
+    delivery.send([StartRun(experiment="e", run_key="k")])
+    checkpoint = tmp_path / "step_000020.pt"
+    checkpoint.write_bytes(b"weights")
+    sink.model_error = RuntimeError("exporting the model failed: no tracer")
+    delivery.send([LogModel(checkpoint=str(checkpoint)), EndRun(status="FINISHED")])
+    assert [type(op).__name__ for op in sink.applied] == ["StartRun", "LogModel", "EndRun"]  # tried once
+    assert not delivery.offline and len(delivery.spool) == 0 and not delivery.model_logged
+    assert len(lines) == 1 and "could not log the final model" in lines[0] and "no tracer" in lines[0]
+    sink.model_error = None
+    delivery.send([LogModel(checkpoint=str(checkpoint))])
+    assert delivery.model_logged
+
+
+def test_a_model_whose_checkpoint_is_gone_is_skipped_and_counted(tmp_path: Path):
+    sink = RecordingSink()
+    delivery = Delivery(sink, None, say=lambda _: None)
+    delivery.send([StartRun(experiment="e", run_key="k"), LogModel(checkpoint=str(tmp_path / "gone.pt"))])
+    assert delivery.missing_files == [str(tmp_path / "gone.pt")] and not delivery.model_logged
+    assert [type(op).__name__ for op in sink.applied] == ["StartRun"]
 
 
 def test_a_torn_last_spool_line_is_skipped(tmp_path: Path):

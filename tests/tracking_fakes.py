@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogParams, Operation,
-                                           RunRef, SetTag, StartRun)
+from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
+                                           Operation, RunRef, SetTag, StartRun)
 
 
 class RecordingSink:
@@ -13,6 +13,7 @@ class RecordingSink:
         self.runs_created = 0
         self.keys: dict[str, str] = {}  # run key -> run id
         self.fail = False  # every call raises ConnectionError while True
+        self.model_error: Exception | None = None  # log_model raises it (an export error)
 
     def _take(self, op: Operation) -> None:
         if self.fail:
@@ -46,6 +47,12 @@ class RecordingSink:
 
     def end_run(self, op: EndRun) -> None:
         self._take(op)
+
+    def log_model(self, op: LogModel) -> bool:
+        self._take(op)
+        if self.model_error is not None:
+            raise self.model_error
+        return True
 
     def logged_steps(self, run_id: str) -> dict[str, int]:
         if self.fail:

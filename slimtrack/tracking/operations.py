@@ -101,9 +101,12 @@ class LogParams(Operation):
 
 @dataclass
 class LogArtifact(Operation):
+    """A local file into the run's artifacts (``artifact_path``: the folder there)."""
+
     kind: ClassVar[str] = "log_artifact"
     path: str = ""
     artifact_path: str | None = None
+    bulky: bool = False  # uploaded on a thread of its own (uploads.py): a checkpoint
 
     def apply(self, sink: Sink) -> None:
         sink.log_artifact(self)

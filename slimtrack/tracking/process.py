@@ -17,15 +17,16 @@ or once the child is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 from typing import Any
 
 from slimtrack.runtime.child import ChildGone, ChildProcess
-from slimtrack.tracking.source import source_tags
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
                                            RunRef, SetTag, Sink, StartRun)
+from slimtrack.tracking.source import source_tags
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class SinkProcess:
         self._local: Sink | None = None  # an MlflowSink in this process, once the child is gone
         self._cpu_at_ready: float | None = None  # the child's CPU once it had opened the store
         self._export_cpu_at_ready = 0.0  # of which preparing the model's export (model_export.py)
+        self._bulky_in_child: dict[tuple[str, str | None], LogArtifact] = {}  # since the last drain
 
     @property
     def in_process(self) -> bool:
@@ -115,7 +117,10 @@ class SinkProcess:
         self._ask("log_params", op)
 
     def log_artifact(self, op: LogArtifact) -> None:
+        given_to_child = op.bulky and not self.in_process
         self._ask("log_artifact", op)
+        if given_to_child:  # uploaded on the child's upload thread: uploaded again should the child die
+            self._bulky_in_child[(op.path, op.artifact_path)] = op
 
     def log_image(self, op: LogImage) -> None:
         self._ask("log_image", op)
@@ -143,6 +148,17 @@ class SinkProcess:
 
     def prepare_model_export(self, model_config: dict[str, Any], seq_len: int) -> None:
         self._ask("prepare_model_export", (model_config, seq_len))
+
+    def drain_uploads(self, timeout: float) -> list[LogArtifact]:
+        """The bulky uploads that failed, as in-line operations; when the child died, also
+        every one it was given (its uploads may not have run)."""
+        given, self._bulky_in_child = [dataclasses.replace(op, bulky=False) for op in self._bulky_in_child.values()], {}
+        child_was_alive = not self.in_process
+        try:
+            failed = self._ask("drain_uploads", timeout)
+        except ChildGone:
+            return given
+        return failed if child_was_alive else given + failed
 
     def source_tags(self, argv: list[str], cwd: str) -> dict[str, str]:
         return self._ask("source_tags", (argv, cwd))
@@ -180,6 +196,7 @@ _SINK_METHODS = {
     "prepare_model_export": lambda sink, args: sink.prepare_model_export(*args),
     "source_tags": lambda sink, args: source_tags(*args),
     "export_cpu_seconds": lambda sink, _: sink.export_cpu_seconds(),
+    "drain_uploads": lambda sink, timeout: sink.drain_uploads(timeout),
 }
 
 

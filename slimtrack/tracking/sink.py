@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from slimtrack.tracking.client import Client
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
                                            RunRef, SetTag, StartRun)
+from slimtrack.tracking.uploads import Uploads
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI opens the experiment in Model-training mode
@@ -28,6 +29,7 @@ class MlflowSink:
         self.client = client
         self._monitor: Any = None  # MLflow's system-metrics monitor, while one runs
         self._export: Any = None  # model_export.PreparedExport, once asked for
+        self.uploads = Uploads(self._upload)  # bulky artifacts, beside the other deliveries
 
     def start_run(self, op: StartRun) -> RunRef:
         client = self.client
@@ -68,6 +70,12 @@ class MlflowSink:
             self.client.log_batch(op.run_id, params=fresh[start:start + MAX_PARAMS_PER_BATCH])
 
     def log_artifact(self, op: LogArtifact) -> None:
+        if op.bulky:
+            self.uploads.submit(op)
+        else:
+            self._upload(op)
+
+    def _upload(self, op: LogArtifact) -> None:
         self.client.log_artifact(op.run_id, op.path, op.artifact_path)
 
     def log_image(self, op: LogImage) -> None:
@@ -120,6 +128,10 @@ class MlflowSink:
     def export_cpu_seconds(self) -> float:
         """The CPU time preparing the model's export took so far (0 when none was asked for)."""
         return self._export.cpu_seconds() if self._export is not None else 0.0
+
+    def drain_uploads(self, timeout: float) -> list[LogArtifact]:
+        """Wait for the bulky uploads; the ones that failed, as in-line operations."""
+        return self.uploads.drain(timeout)
 
     def stop_system_metrics(self) -> None:
         if self._monitor is not None:

@@ -122,8 +122,10 @@ class MlflowTracker:
             self.worker.put(LogMetrics(points=points))
         self._caller_seconds += time.perf_counter() - started
 
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        self.worker.put(LogArtifact(path=str(local_path), artifact_path=artifact_path))
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None, bulky: bool = False) -> None:
+        """``bulky`` (a checkpoint): uploaded on a thread of its own where the sink runs
+        (uploads.py), so the deliveries after it do not wait for it."""
+        self.worker.put(LogArtifact(path=str(local_path), artifact_path=artifact_path, bulky=bulky))
 
     def log_image(self, png_path: Path, key: str, step: int) -> None:
         self.worker.put(LogImage(path=str(png_path), key=key, step=step))
@@ -193,6 +195,7 @@ class MlflowTracker:
         self.flush()
         self.worker.stop()
         self._stop_system_metrics()
+        deliver_failed_uploads(self.delivery, self._services())
         run = self.delivery.run
         if run is None or run.started_here or status != "FINISHED":
             self.delivery.send([EndRun(status=status)])
@@ -277,6 +280,17 @@ def open_delivery(spool: Spool | None, process: SinkProcess | None = None) -> De
     return delivery
 
 
+def deliver_failed_uploads(delivery: Delivery, services: Any, timeout: float = 300.0) -> None:
+    """Wait for the bulky uploads (uploads.py); deliver the failed ones in line, or spool them."""
+    try:
+        failed = services.drain_uploads(timeout)
+    except Exception as exc:  # noqa: BLE001 — the sink is gone with them; the files stay on disk
+        log.warning("mlflow: the uploads could not be checked: %s", redact_text(str(exc)))
+        return
+    if failed:
+        delivery.send(failed)
+
+
 def run_source_tags(process: SinkProcess | None) -> dict[str, str]:
     """The source tags of this command (tracking/source.py), resolved in the MLflow process
     when there is one; no tags when they cannot be resolved."""
@@ -314,4 +328,5 @@ def sync(spool_dir: Path) -> Delivery:
     delivery = open_delivery(Spool(spool_dir))
     delivery.offline = True
     delivery.replay()
+    deliver_failed_uploads(delivery, delivery.sink)
     return delivery

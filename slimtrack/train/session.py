@@ -131,14 +131,14 @@ def upload_checkpoint(job: Job, path: Path, step: int) -> None:
     however long the run; ``none`` uploads nothing."""
     mode = job.config.tracking.log_checkpoints
     if mode == "all":
-        job.tracker.log_artifact(path, "checkpoints")
+        job.tracker.log_artifact(path, "checkpoints", bulky=True)
     elif mode == "last":
         latest = job.output_dir / ".upload" / LATEST_CHECKPOINT  # beside checkpoints/, which holds only steps
         latest.parent.mkdir(exist_ok=True)
         link = latest.with_name(f".{LATEST_CHECKPOINT}.{step}")
         os.link(path, link)
         os.replace(link, latest)
-        job.tracker.log_artifact(latest, "checkpoints")
+        job.tracker.log_artifact(latest, "checkpoints", bulky=True)
         job.tracker.set_tag("slimtrack.latest_checkpoint", path.name)
 
 
