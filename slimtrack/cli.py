@@ -246,7 +246,7 @@ def start_train(config: Config) -> int:
     from slimtrack.data.tokenizer import load_tokenizer
 
     validate_dataset(config.data.dataset)
-    load_tokenizer(config.data.tokenizer)
+    config.model.vocab_size = load_tokenizer(config.data.tokenizer).vocab_size  # as set-up sets it
     mlflow_process = start_mlflow_process_early(config)  # its MLflow import runs beside ours below
     from slimtrack.train.session import run_training
 
@@ -258,9 +258,10 @@ def start_mlflow_process_early(config: Config) -> Any:
     tracked run's rank 0 (the only rank that tracks); None otherwise."""
     if not (config.tracking.enabled and config.tracking.mlflow_process and os.environ.get("RANK", "0") == "0"):
         return None
+    from slimtrack.tracking.export import model_to_export
     from slimtrack.tracking.process import start_mlflow_process
 
-    return start_mlflow_process(config.runtime.background_nice)
+    return start_mlflow_process(config.runtime.background_nice, *model_to_export(config))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

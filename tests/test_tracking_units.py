@@ -9,7 +9,7 @@ from tracking_fakes import RecordingSink
 from slimtrack.tracking.batching import Batcher
 from slimtrack.tracking.delivery import Delivery
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogMetrics, LogModel, LogParams, SetTag, StartRun,
-                                           from_json, merge_metrics)
+                                           TagSource, from_json, merge_metrics)
 from slimtrack.tracking.spool import Spool
 
 
@@ -24,6 +24,7 @@ def test_every_operation_survives_its_spool_line():
            LogArtifact(run_id="run", path="/o/.upload/latest.pt", artifact_path="checkpoints", bulky=True),
            LogModel(run_id="run", checkpoint="/o/step_000020.pt", model_config={"n_layer": 2}, seq_len=64,
                     tokenizer_file="/o/tokenizer.json", register_as="tiny"),
+           TagSource(run_id="run", argv=["slimtrack", "train", "--test"], cwd="/home/u/project"),
            EndRun(run_id="run", status="KILLED")]
     assert [from_json(op.to_json()) for op in ops] == ops
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
-                                           Operation, RunRef, SetTag, StartRun)
+                                           Operation, RunRef, SetTag, StartRun, TagSource)
 
 
 class RecordingSink:
@@ -43,6 +43,9 @@ class RecordingSink:
         self._take(op)
 
     def set_tag(self, op: SetTag) -> None:
+        self._take(op)
+
+    def tag_source(self, op: TagSource) -> None:
         self._take(op)
 
     def end_run(self, op: EndRun) -> None:

@@ -52,12 +52,3 @@ def run_this_thread_when_idle() -> bool:
         lower_this_thread_priority(MAX_NICE)
         return False
 
-
-def thread_cpu_seconds(native_id: int) -> float | None:
-    """CPU time of a live thread of this process (Linux); None once it is gone or elsewhere."""
-    try:
-        with open(f"/proc/self/task/{native_id}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

@@ -21,11 +21,10 @@ Without a tokenizer file the model is logged with the pytorch flavour only.
 the run's final metrics.
 
 A run's model is logged from its final checkpoint (``log_checkpoint_model``) where the
-sink runs, in the MLflow process, so the training process never imports MLflow or
-``torch.export``. ``PreparedExport`` exports a model of the run's architecture in a
-background thread while the run trains; the exported program shares its parameters with
-that model, so at the end the final weights are copied in and the program is saved,
-without a second export.
+sink runs, in the MLflow process, so the training process imports neither MLflow nor the
+exporter; the program comes from the export process, prepared while the run trains
+(export.py), and this module only logs the file. The MLflow process imports what logging
+needs ahead too (``import_for_logging``).
 """
 
 from __future__ import annotations
@@ -33,12 +32,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
-import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from slimtrack.runtime.priority import run_this_thread_when_idle, thread_cpu_seconds
+from slimtrack.tracking.export import (ExportError, ExportProcess, example_ids, export_program, load_model,
+                                       write_program)
 
 VERSION_TAG_METRICS = ("val_loss", "val_accuracy", "val_bpb", "loss", "accuracy")  # tags of a registered version
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # the pyfunc's code, copied into the model
@@ -47,110 +46,61 @@ CONFIG_FILE = "text_model.json"
 ARTIFACTS_DIR = "artifacts"  # where mlflow.pyfunc stores a model's artifacts
 
 
-class ExportError(RuntimeError):
-    """The model could not be rebuilt or exported (as opposed to the store failing)."""
+def import_for_logging() -> None:
+    """Import what logging a text model needs (MLflow's pyfunc, pandas) and build MLflow's index
+    of the installed packages, which it checks a model's requirements against."""
+    import pandas  # noqa: F401
+    from mlflow import pyfunc  # noqa: F401
+    from mlflow.utils.requirements_utils import _init_modules_to_packages_map
 
-
-class PreparedExport:
-    """A model of the run's architecture and its ``torch.export``, made in a background thread.
-
-    ``program_with(weights)`` waits for the thread, copies ``weights`` into the model and
-    returns the model and the program, whose parameters are the model's own tensors (checked;
-    a program that holds copies is exported again)."""
-
-    def __init__(self, model_config: dict[str, Any], seq_len: int) -> None:
-        self.model_config, self.seq_len = model_config, seq_len
-        self._model: Any = None
-        self._program: Any = None
-        self._error: BaseException | None = None
-        self._native_id: int | None = None
-        self._cpu_seconds = 0.0  # the thread's CPU time, once it is done
-        self._thread = threading.Thread(target=self._prepare, name="slimtrack-export", daemon=True)
-        self._thread.start()
-
-    def _prepare(self) -> None:
-        """On the thread, at idle priority: it takes only CPU time the training leaves unused."""
-        self._native_id = threading.get_native_id()
-        run_this_thread_when_idle()
-        try:
-            self._model = build_model(self.model_config)
-            self._program = export_program(self._model, example_ids(self.seq_len))
-        except BaseException as exc:  # noqa: BLE001 — raised again where the program is wanted
-            self._error = exc
-        finally:
-            self._cpu_seconds = time.thread_time()
-
-    def cpu_seconds(self) -> float:
-        """The CPU time the preparation took so far (the tracker leaves it out of its cost)."""
-        running = thread_cpu_seconds(self._native_id) if self._thread.is_alive() and self._native_id else None
-        return running if running is not None else self._cpu_seconds
-
-    def matches(self, model_config: dict[str, Any], seq_len: int) -> bool:
-        return (model_config, seq_len) == (self.model_config, self.seq_len)
-
-    def program_with(self, weights: dict[str, Any]) -> tuple[Any, Any]:
-        self._thread.join()
-        if self._error is not None:
-            raise ExportError(f"exporting the model failed: {self._error}") from self._error
-        model, program = self._model, self._program
-        model.load_state_dict(weights)
-        own = {name: tensor.data_ptr() for name, tensor in model.state_dict().items()}
-        if any(own.get(name) != tensor.data_ptr() for name, tensor in program.state_dict.items()):
-            program = export_program(model, example_ids(self.seq_len))
-        return model, program
-
-
-def build_model(model_config: dict[str, Any]) -> Any:
-    """A GPT of ``model_config`` (the ModelConfig fields) on the CPU, in eval mode, torch kernels."""
-    from slimtrack.config import ModelConfig
-    from slimtrack.train.model import GPT
-
-    return GPT(ModelConfig(**model_config), "torch").eval()
-
-
-def example_ids(seq_len: int) -> Any:
-    """[2, seq_len] token ids: with a batch of 1, torch.export specialises the batch dimension
-    to 1 (and warns); with 2 it stays dynamic, so the logged model takes any batch."""
-    import numpy as np
-
-    return np.zeros((2, seq_len), dtype=np.int64)
+    _init_modules_to_packages_map()
 
 
 def log_checkpoint_model(run_id: str, checkpoint: Path, model_config: dict[str, Any], seq_len: int,
                          tokenizer_file: Path | None = None, register_as: str = "",
-                         prepared: PreparedExport | None = None) -> str | None:
-    """Log the model whose weights the checkpoint holds (``log_pt2_model``), with the export
-    ``prepared`` for this architecture when there is one. Returns the registered version.
-    ExportError when the model cannot be rebuilt or exported."""
-    import torch
-
-    try:
-        weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-        if prepared is not None and prepared.matches(model_config, seq_len):
-            model, program = prepared.program_with(weights)
+                         exporter: ExportProcess | None = None) -> str | None:
+    """Log the model whose weights the checkpoint holds: with ``tokenizer_file``, as a text model
+    from the program ``exporter`` writes (else exported in this process); without, the module
+    itself (the pytorch flavour). Returns the registered version. ExportError when the model
+    cannot be rebuilt or exported."""
+    if tokenizer_file is None:
+        model = load_model(checkpoint, model_config)
+        return log_pt2_model(run_id, model, example_ids(seq_len), register_as)
+    with tempfile.TemporaryDirectory(prefix="slimtrack-program-") as tmp:
+        program = Path(tmp) / PROGRAM_FILE
+        if exporter is not None:
+            exporter.write_program(checkpoint, model_config, seq_len, program)
         else:
-            model, program = build_model(model_config), None
-            model.load_state_dict(weights)
-    except ExportError:
-        raise
-    except Exception as exc:  # noqa: BLE001 — a checkpoint that does not fit the config, a torch error
-        raise ExportError(f"rebuilding the model from {checkpoint} failed: {exc}") from exc
-    return log_pt2_model(run_id, model, example_ids(seq_len), register_as, tokenizer_file, program=program)
+            write_program(checkpoint, model_config, seq_len, program)
+        return _logged(run_id, register_as, lambda: log_text_model(program, model_config, tokenizer_file, register_as))
 
 
 def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str = "",
-                  tokenizer_file: Path | None = None, program: Any = None) -> str | None:
+                  tokenizer_file: Path | None = None) -> str | None:
     """Log the model into the run (with ``tokenizer_file``, as a text model with both
-    flavours); with ``register_as``, also register it as a new version of that model, tagged
-    with the run's final validation metrics. ``program``: the model's export, when it was
-    made already. Returns the version."""
+    flavours, exported here); with ``register_as``, also register it as a new version of that
+    model, tagged with the run's final validation metrics. Returns the version."""
+    if tokenizer_file is None:
+        return _logged(run_id, register_as, lambda: log_tensor_model(model, input_example, register_as))
+    import torch
+
+    config = {"block_size": int(model.config.block_size), "vocab_size": int(model.config.vocab_size)}
+    with tempfile.TemporaryDirectory(prefix="slimtrack-program-") as tmp:
+        program = Path(tmp) / PROGRAM_FILE
+        try:
+            torch.export.save(export_program(model, input_example), str(program))
+        except Exception as exc:  # noqa: BLE001 — a model torch.export cannot trace
+            raise ExportError(f"exporting the model failed: {exc}") from exc
+        return _logged(run_id, register_as, lambda: log_text_model(program, config, Path(tokenizer_file), register_as))
+
+
+def _logged(run_id: str, register_as: str, log_model: Any) -> str | None:
+    """Run ``log_model`` (which logs into the active run) inside the run ``run_id``; tag the
+    registered version, if any, with the run's final metrics. Returns the version."""
     import mlflow
 
     with mlflow.start_run(run_id=run_id):  # log_model wants an active run: ours
-        if tokenizer_file is not None:
-            info = log_text_model(model, input_example, Path(tokenizer_file), register_as, program)
-        else:
-            info = log_tensor_model(model, input_example, register_as)
+        info = log_model()
     version = getattr(info, "registered_model_version", None)
     if register_as and version is not None:
         client = mlflow.MlflowClient()
@@ -160,19 +110,6 @@ def log_pt2_model(run_id: str, model: Any, input_example: Any, register_as: str 
                 client.set_model_version_tag(register_as, str(version), key, str(metrics[key]))
         client.set_model_version_tag(register_as, str(version), "run_id", run_id)
     return None if version is None else str(version)
-
-
-def export_program(model: Any, input_example: Any) -> Any:
-    """``torch.export`` of ``model`` with a dynamic batch and a dynamic sequence length from 1
-    to the model's ``block_size``. ``input_example``: token ids [B, T] (numpy or torch), B >= 2
-    (torch.export specialises a dimension of size 1 to a constant)."""
-    import torch
-    from torch.export import Dim
-
-    example = torch.as_tensor(input_example, dtype=torch.int64)
-    block_size = int(model.config.block_size)
-    dims = {0: Dim("batch", min=1), 1: Dim("seq", min=1, max=block_size)}
-    return torch.export.export(model, (example,), dynamic_shapes=(dims,))
 
 
 def text_signature() -> Any:
@@ -197,34 +134,26 @@ class TextModelFlavor:
         """Write the model into ``path``. ``validate_serving_input`` is Model.log's own (passed
         on to every flavour); the pyfunc is not run while it is logged."""
         import mlflow.pyfunc
-        import torch
 
         mlflow.pyfunc.save_model(path, python_model=str(PYFUNC_CODE), artifacts=artifacts, mlflow_model=mlflow_model,
                                  signature=signature, input_example=input_example, pip_requirements=pip_requirements)
         program_dir = Path(path, ARTIFACTS_DIR)
         if not (program_dir / PROGRAM_FILE).is_file():
             raise RuntimeError(f"the pyfunc model holds no {ARTIFACTS_DIR}/{PROGRAM_FILE}")
-        mlflow_model.add_flavor("pytorch", model_data=ARTIFACTS_DIR, pytorch_version=str(torch.__version__), code=None)
+        mlflow_model.add_flavor("pytorch", model_data=ARTIFACTS_DIR, pytorch_version=version("torch"), code=None)
         mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
-def log_text_model(model: Any, input_example: Any, tokenizer_file: Path, register_as: str,
-                   exported: Any = None) -> Any:
-    """Log the exported program (``exported``, else exported now), the tokenizer and the
-    pyfunc code as one model (both flavours)."""
+def log_text_model(program: Path, model_config: dict[str, Any], tokenizer_file: Path, register_as: str) -> Any:
+    """Log the exported program (a .pt2 file), the tokenizer and the pyfunc code as one model
+    (both flavours) into the active run."""
     import pandas as pd
-    import torch
     from mlflow.models import Model
 
     with tempfile.TemporaryDirectory(prefix="slimtrack-model-") as tmp:
-        program = Path(tmp) / PROGRAM_FILE
-        try:
-            torch.export.save(exported if exported is not None else export_program(model, input_example), str(program))
-        except Exception as exc:  # noqa: BLE001 — a model torch.export cannot trace
-            raise ExportError(f"exporting the model failed: {exc}") from exc
         config = Path(tmp) / CONFIG_FILE
-        config.write_text(json.dumps({"block_size": int(model.config.block_size),
-                                      "vocab_size": int(model.config.vocab_size)}) + "\n", encoding="utf-8")
+        config.write_text(json.dumps({"block_size": int(model_config["block_size"]),
+                                      "vocab_size": int(model_config["vocab_size"])}) + "\n", encoding="utf-8")
         artifacts = {"program": str(program), "tokenizer": str(tokenizer_file), "config": str(config)}
         return Model.log(artifact_path=None, name="model", flavor=TextModelFlavor, flavor_name="python_function",
                          registered_model_name=register_as or None,
@@ -235,14 +164,11 @@ def log_text_model(model: Any, input_example: Any, tokenizer_file: Path, registe
 
 
 def requirements(needs_tokenizers: bool) -> list[str]:
-    """The pip requirements of the text model: torch (and tokenizers for a tokenizer.json)."""
-    import torch
-
-    reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+    """The pip requirements of the text model: torch (and tokenizers for a tokenizer.json), at
+    the installed versions (read from their metadata: this process need not import them)."""
+    reqs = [f"torch=={version('torch').split('+')[0]}"]
     if needs_tokenizers:
-        import tokenizers
-
-        reqs.append(f"tokenizers=={tokenizers.__version__}")
+        reqs.append(f"tokenizers=={version('tokenizers')}")
     return reqs
 
 

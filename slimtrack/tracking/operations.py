@@ -40,6 +40,7 @@ class Sink(Protocol):
     def log_image(self, op: "LogImage") -> None: ...
     def log_inputs(self, op: "LogInputs") -> None: ...
     def set_tag(self, op: "SetTag") -> None: ...
+    def tag_source(self, op: "TagSource") -> None: ...
     def end_run(self, op: "EndRun") -> None: ...
     def log_model(self, op: "LogModel") -> bool: ...
     def logged_steps(self, run_id: str) -> dict[str, int]: ...
@@ -148,6 +149,19 @@ class SetTag(Operation):
 
 
 @dataclass
+class TagSource(Operation):
+    """The run's source tags (tracking/source.py) for the command ``argv`` run in ``cwd``,
+    resolved where the sink runs: who started the run, with what, at which git commit."""
+
+    kind: ClassVar[str] = "tag_source"
+    argv: list[str] = field(default_factory=list)
+    cwd: str = ""
+
+    def apply(self, sink: Sink) -> None:
+        sink.tag_source(self)
+
+
+@dataclass
 class EndRun(Operation):
     kind: ClassVar[str] = "end_run"
     status: str = "FINISHED"  # FINISHED | FAILED | KILLED
@@ -175,7 +189,7 @@ class LogModel(Operation):
 
 
 KINDS: dict[str, type[Operation]] = {cls.kind: cls for cls in (StartRun, LogMetrics, LogParams, LogArtifact, LogImage,
-                                                               LogInputs, SetTag, EndRun, LogModel)}
+                                                               LogInputs, SetTag, TagSource, EndRun, LogModel)}
 
 
 def from_json(line: str) -> Operation:

@@ -18,15 +18,16 @@ or once the child is gone.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from slimtrack.runtime.child import ChildGone, ChildProcess
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
-                                           RunRef, SetTag, Sink, StartRun)
-from slimtrack.tracking.source import source_tags
+                                           RunRef, SetTag, Sink, StartRun, TagSource)
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,16 @@ def apply_http_policy() -> None:
         os.environ.setdefault(name, value)
 
 
-def start_mlflow_process(background_nice: int) -> ChildProcess | None:
-    """Start the MLflow process now, ``background_nice`` nicer than this one; None when it
-    cannot start (the sink then works in this process)."""
+def start_mlflow_process(background_nice: int, model_config: dict[str, Any] | None = None,
+                         seq_len: int = 0) -> ChildProcess | None:
+    """Start the MLflow process now, ``background_nice`` nicer than this one. With
+    ``model_config`` (the run logs its model, a GPT of these ModelConfig fields, with inputs
+    of ``seq_len`` tokens), it starts the export process (export.py) at once, and imports
+    what logging the model needs once the run is open. None when it cannot start (the sink
+    then works in this process)."""
+    args = [str(background_nice), *([json.dumps([model_config, seq_len])] if model_config else [])]
     try:
-        return ChildProcess(CHILD_MODULE, args=[str(background_nice)], env={**HTTP_POLICY, **os.environ})
+        return ChildProcess(CHILD_MODULE, args=args, env={**HTTP_POLICY, **os.environ})
     except ChildGone as exc:
         log.warning("MLflow process unavailable (%s); deliveries go from this process", exc)
         return None
@@ -59,7 +65,6 @@ class SinkProcess:
         self._child = child if child is not None and child.alive else None
         self._local: Sink | None = None  # an MlflowSink in this process, once the child is gone
         self._cpu_at_ready: float | None = None  # the child's CPU once it had opened the store
-        self._export_cpu_at_ready = 0.0  # of which preparing the model's export (model_export.py)
         self._bulky_in_child: dict[tuple[str, str | None], LogArtifact] = {}  # since the last drain
 
     @property
@@ -86,21 +91,13 @@ class SinkProcess:
         system-metrics monitor: once per run) out of ``cpu_seconds``."""
         if not self.in_process:
             self._cpu_at_ready = self._child.cpu_seconds()
-            self._export_cpu_at_ready = self._export_cpu_seconds()
 
     def cpu_seconds(self) -> float:
-        """The child's CPU time since it was ready: what the deliveries cost it. Preparing the
-        model's export (at idle priority, once per run) is left out, as the start is."""
+        """The child's CPU time since it was ready: what the deliveries cost it (the export
+        process it starts is a process of its own, at idle priority, and not counted)."""
         if self.in_process or self._cpu_at_ready is None:
             return 0.0
-        export = self._export_cpu_seconds() - self._export_cpu_at_ready
-        return max(0.0, self._child.cpu_seconds() - self._cpu_at_ready - export)
-
-    def _export_cpu_seconds(self) -> float:
-        try:
-            return self._ask("export_cpu_seconds", None)
-        except Exception:  # noqa: BLE001 — no store open (it failed) or the child gone: nothing prepared
-            return 0.0
+        return max(0.0, self._child.cpu_seconds() - self._cpu_at_ready)
 
     def close(self) -> None:
         if self._child is not None:
@@ -131,6 +128,9 @@ class SinkProcess:
     def set_tag(self, op: SetTag) -> None:
         self._ask("set_tag", op)
 
+    def tag_source(self, op: TagSource) -> None:
+        self._ask("tag_source", op)
+
     def end_run(self, op: EndRun) -> None:
         self._ask("end_run", op)
 
@@ -146,9 +146,6 @@ class SinkProcess:
     def stop_system_metrics(self) -> None:
         self._ask("stop_system_metrics", None)
 
-    def prepare_model_export(self, model_config: dict[str, Any], seq_len: int) -> None:
-        self._ask("prepare_model_export", (model_config, seq_len))
-
     def drain_uploads(self, timeout: float) -> list[LogArtifact]:
         """The bulky uploads that failed, as in-line operations; when the child died, also
         every one it was given (its uploads may not have run)."""
@@ -159,9 +156,6 @@ class SinkProcess:
         except ChildGone:
             return given
         return failed if child_was_alive else given + failed
-
-    def source_tags(self, argv: list[str], cwd: str) -> dict[str, str]:
-        return self._ask("source_tags", (argv, cwd))
 
     def _ask(self, method: str, argument: Any) -> Any:
         if not self.in_process:
@@ -193,24 +187,24 @@ _SINK_METHODS = {
     "logged_steps": lambda sink, run_id: sink.logged_steps(run_id),
     "start_system_metrics": lambda sink, args: sink.start_system_metrics(*args),
     "stop_system_metrics": lambda sink, _: sink.stop_system_metrics(),
-    "prepare_model_export": lambda sink, args: sink.prepare_model_export(*args),
-    "source_tags": lambda sink, args: source_tags(*args),
-    "export_cpu_seconds": lambda sink, _: sink.export_cpu_seconds(),
+    "tag_source": lambda sink, op: sink.tag_source(op),
     "drain_uploads": lambda sink, timeout: sink.drain_uploads(timeout),
 }
 
 
 # ---- in the child ------------------------------------------------------------------------------
-def main(background_nice: int) -> None:
-    # The process exports the final model (model_export.py) beside a training that has the
-    # cores: one torch thread is all that export needs.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def main(background_nice: int, model_to_export: tuple[dict[str, Any], int] | None) -> None:
+    from slimtrack.tracking.export import ExportProcess
+
+    # First: the export process imports torch and exports the model on idle CPU time.
+    export = ExportProcess(*model_to_export) if model_to_export else None
     import mlflow
 
     from slimtrack.runtime.child import serve
     from slimtrack.runtime.priority import lower_this_thread_priority
     from slimtrack.tracking.client import Client
     from slimtrack.tracking.delivery import first_line
+    from slimtrack.tracking.model_export import import_for_logging
     from slimtrack.tracking.sink import MlflowSink
 
     # The store the environment names is opened now, the usual case. The parent's "ready"
@@ -218,7 +212,7 @@ def main(background_nice: int) -> None:
     # opened is not an error here: the parent gets it as the answer to its first request.
     uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     try:
-        sink: MlflowSink | None = MlflowSink(Client(*uris))
+        sink: MlflowSink | None = MlflowSink(Client(*uris), export)
     except Exception:  # noqa: BLE001
         sink = None
     lower_this_thread_priority(background_nice)  # deliveries wait a little rather than preempt the step
@@ -229,7 +223,7 @@ def main(background_nice: int) -> None:
             uris, sink = tuple(requested), None
         if sink is None:
             try:
-                sink = MlflowSink(Client(*uris))
+                sink = MlflowSink(Client(*uris), export)
             except Exception as exc:  # noqa: BLE001 — an unknown scheme, a corrupt or unwritable sqlite file
                 return uris[0], first_line(exc)
         return uris[0], None
@@ -237,15 +231,17 @@ def main(background_nice: int) -> None:
     def answer(request: tuple[str, Any]) -> Any:
         nonlocal sink, uris
         method, argument = request
+        if method == "start_run" and export is not None:  # the run is open: nothing waits for this now
+            threading.Thread(target=import_for_logging, name="slimtrack-warm", daemon=True).start()
         if method == "ready" and (tuple(argument) != uris or sink is None):
             uris = tuple(argument)
-            sink = MlflowSink(Client(*uris))
+            sink = MlflowSink(Client(*uris), export)
         if method == "ready":
             return None
         if method == "open_store":
             return open_store(argument)
         if sink is None:
-            sink = MlflowSink(Client(*uris))
+            sink = MlflowSink(Client(*uris), export)
         return _SINK_METHODS[method](sink, argument)
 
     serve(answer)
@@ -255,9 +251,11 @@ def main(background_nice: int) -> None:
     # wait for this process. The monitor is stopped first, should the parent not have.
     if sink is not None:
         sink.stop_system_metrics()
+    if export is not None:
+        export.close()
     sys.stderr.flush()
     os._exit(0)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0, json.loads(sys.argv[2]) if len(sys.argv) > 2 else None)

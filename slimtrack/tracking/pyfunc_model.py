@@ -1,9 +1,10 @@
 """The pyfunc flavour of a run's model: prompts in, continuations out, without slimtrack.
 
 MLflow loads this file as the model's code ("models from code": the file is copied into the
-model's folder and run at load time), so it imports only torch, pandas and mlflow, plus
-``tokenizers`` for a model trained with a ``tokenizer.json``. It never imports slimtrack:
-the logged model loads where slimtrack is not installed.
+model's folder and run at load time, and once when the model is saved), so it imports only
+pandas and mlflow, and torch (plus ``tokenizers`` for a model trained with a
+``tokenizer.json``) where the model is loaded and run, not where it is saved. It never
+imports slimtrack: the logged model loads where slimtrack is not installed.
 
 The model's artifacts (model_export.py writes them):
 
@@ -26,12 +27,14 @@ continuation does not include; an empty prompt starts after one (a new document)
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
+
+if TYPE_CHECKING:
+    import torch
 
 # The params of ``predict`` and their defaults (the model signature's ParamSchema).
 PARAM_DEFAULTS: dict[str, Any] = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 50, "seed": -1}
@@ -120,6 +123,8 @@ def settings_of(params: dict[str, Any] | None) -> dict[str, Any]:
 
 def pick_next(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> int:
     """The next token from one position's logits ([V], padding ids already at -inf)."""
+    import torch
+
     if temperature == 0:
         return int(logits.argmax())
     logits = logits.float() / temperature
@@ -134,6 +139,8 @@ def continue_ids(module: Any, ids: list[int], settings: dict[str, Any], block_si
                  eos_id: int, generator: torch.Generator | None) -> list[int]:
     """The new token ids after ``ids``, up to ``max_new_tokens`` and before the first EOS.
     ``size`` is the number of ids the tokenizer produces: the padding ids above it are never drawn."""
+    import torch
+
     idx = torch.tensor([ids], dtype=torch.int64)  # [1, T]
     new: list[int] = []
     with torch.no_grad():
@@ -161,6 +168,8 @@ class TextModel(PythonModel):
     """Prompts in, continuations out (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:
+        import torch
+
         self.module = torch.export.load(context.artifacts["program"]).module()
         with open(context.artifacts["config"], encoding="utf-8") as f:
             config = json.load(f)
@@ -170,6 +179,8 @@ class TextModel(PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         """One continuation per prompt of ``model_input`` (MLflow hands a list of prompts over
         as a one-column DataFrame), decoded with ``params``."""
+        import torch
+
         settings = settings_of(params)
         generator = None
         if settings["seed"] >= 0:

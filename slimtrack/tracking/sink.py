@@ -14,7 +14,8 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from slimtrack.tracking.client import Client
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
-                                           RunRef, SetTag, StartRun)
+                                           RunRef, SetTag, StartRun, TagSource)
+from slimtrack.tracking.source import source_tags
 from slimtrack.tracking.uploads import Uploads
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -25,10 +26,10 @@ MAX_PARAMS_PER_BATCH = 100
 
 
 class MlflowSink:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, export: Any = None) -> None:
         self.client = client
         self._monitor: Any = None  # MLflow's system-metrics monitor, while one runs
-        self._export: Any = None  # model_export.PreparedExport, once asked for
+        self._export = export  # export.ExportProcess: the final model's program, prepared ahead
         self.uploads = Uploads(self._upload)  # bulky artifacts, beside the other deliveries
 
     def start_run(self, op: StartRun) -> RunRef:
@@ -92,6 +93,10 @@ class MlflowSink:
     def set_tag(self, op: SetTag) -> None:
         self.client.set_tag(op.run_id, op.key, op.value)
 
+    def tag_source(self, op: TagSource) -> None:
+        tags = source_tags(op.argv, op.cwd)
+        self.client.log_batch(op.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
     def end_run(self, op: EndRun) -> None:
         self.client.set_terminated(op.run_id, status=RunStatus.to_string(RunStatus.from_string(op.status)))
 
@@ -104,7 +109,8 @@ class MlflowSink:
         mlflow.set_tracking_uri(self.client.tracking_uri)  # the fluent API logs models: into this store
         mlflow.set_registry_uri(self.client._registry_uri)
         log_checkpoint_model(op.run_id, Path(op.checkpoint), op.model_config, op.seq_len,
-                             Path(op.tokenizer_file) if op.tokenizer_file else None, op.register_as, self._export)
+                             Path(op.tokenizer_file) if op.tokenizer_file else None, op.register_as,
+                             exporter=self._export)
         return True
 
     # ---- services of the process the sink runs in (not operations: never spooled) -----------
@@ -117,17 +123,6 @@ class MlflowSink:
         self._monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, resume_logging=resume,
                                              tracking_uri=self.client.tracking_uri)
         self._monitor.start()
-
-    def prepare_model_export(self, model_config: dict[str, Any], seq_len: int) -> None:
-        """Export a model of this architecture in the background (model_export.PreparedExport),
-        so that logging the final model only copies the weights in and saves the program."""
-        from slimtrack.tracking.model_export import PreparedExport
-
-        self._export = PreparedExport(model_config, seq_len)
-
-    def export_cpu_seconds(self) -> float:
-        """The CPU time preparing the model's export took so far (0 when none was asked for)."""
-        return self._export.cpu_seconds() if self._export is not None else 0.0
 
     def drain_uploads(self, timeout: float) -> list[LogArtifact]:
         """Wait for the bulky uploads; the ones that failed, as in-line operations."""

@@ -27,7 +27,7 @@ from slimtrack.metrics import TrainingMetrics
 from slimtrack.runtime.child import ChildGone, ChildProcess
 from slimtrack.tracking.delivery import Delivery, first_line
 from slimtrack.tracking.operations import (EndRun, LogArtifact, LogImage, LogInputs, LogMetrics, LogModel, LogParams,
-                                           SetTag, StartRun)
+                                           SetTag, StartRun, TagSource)
 from slimtrack.tracking.process import SinkProcess, apply_http_policy
 from slimtrack.tracking.protocol import TrackingCost
 from slimtrack.tracking.spool import Spool
@@ -83,8 +83,6 @@ class MlflowTracker:
         process = SinkProcess(mlflow_process) if mlflow_process is not None else None
         delivery = open_delivery(Spool(spool_dir) if spool_dir else None, process)
         tags = {key: str(value) for key, value in tags.items()}  # plain str: nothing for the child to import
-        if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` sets its own
-            tags = {**run_source_tags(process), **tags}
         start = StartRun(experiment=experiment, run_name=run_name, run_key=secrets.token_hex(8), tags=tags,
                          resume_run_id=resume_run_id, attach_run_id=os.environ.get("MLFLOW_RUN_ID"))
         if delivery.remote:
@@ -96,7 +94,10 @@ class MlflowTracker:
                 raise UserError(f"tracking store {redact_uri(delivery.store)}: {first_line(exc)}") from None
         if process is not None:
             delivery.sink = process
-        return cls(delivery, settings, process, resumed=resume_run_id is not None)
+        tracker = cls(delivery, settings, process, resumed=resume_run_id is not None)
+        if not start.attach_run_id:  # `mlflow run` sets its own
+            tracker.worker.put(TagSource(argv=list(sys.argv), cwd=os.getcwd()))
+        return tracker
 
     @property
     def run_id(self) -> str | None:
@@ -149,17 +150,6 @@ class MlflowTracker:
         self.log_artifact(local_path, artifact_path)
         self.worker.put(SetTag(key="mlflow.loggedArtifacts",
                              value=json.dumps([{"path": p, "type": "table"} for p in self._table_paths])))
-
-    def prepare_model(self, model_config: dict[str, Any], seq_len: int) -> None:
-        """The run logs its model at the end: the MLflow process exports a model of this
-        architecture now, while the run trains (model_export.PreparedExport). Without the
-        process nothing is prepared: the model is exported when it is logged."""
-        if self.process is None or self.process.in_process:
-            return
-        try:
-            self.process.prepare_model_export(model_config, seq_len)
-        except Exception as exc:  # noqa: BLE001 — the model is then exported when it is logged
-            log.warning("mlflow: preparing the model's export failed: %s", redact_text(str(exc)))
 
     def log_model(self, checkpoint: Path, model_config: dict[str, Any], seq_len: int,
                   tokenizer_file: Path | None = None) -> None:
@@ -289,21 +279,6 @@ def deliver_failed_uploads(delivery: Delivery, services: Any, timeout: float = 3
         return
     if failed:
         delivery.send(failed)
-
-
-def run_source_tags(process: SinkProcess | None) -> dict[str, str]:
-    """The source tags of this command (tracking/source.py), resolved in the MLflow process
-    when there is one; no tags when they cannot be resolved."""
-    argv, cwd = list(sys.argv), os.getcwd()
-    try:
-        if process is not None:
-            return process.source_tags(argv, cwd)
-        from slimtrack.tracking.source import source_tags
-
-        return source_tags(argv, cwd)
-    except Exception as exc:  # noqa: BLE001 — tags describe the run; they never stop it
-        log.warning("mlflow: the source tags could not be resolved: %s", redact_text(str(exc)))
-        return {}
 
 
 def resolved_uris() -> tuple[str, str] | None:

@@ -8,7 +8,6 @@ to MLflow and writes files.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import random
 import secrets
@@ -77,12 +76,13 @@ def make_tracker(config: Config, run_name: str, tags: dict[str, str], resume_run
                  spool_dir: Path, mlflow_process: ChildProcess | None) -> Tracker:
     if not config.tracking.enabled:
         return NullTracker()
+    from slimtrack.tracking.export import model_to_export
     from slimtrack.tracking.process import start_mlflow_process
     from slimtrack.tracking.tracker import MlflowTracker, TrackerSettings
 
     tracking = config.tracking
     if tracking.mlflow_process and mlflow_process is None:
-        mlflow_process = start_mlflow_process(config.runtime.background_nice)
+        mlflow_process = start_mlflow_process(config.runtime.background_nice, *model_to_export(config))
     settings = TrackerSettings(tracking.log_linger, tracking.replay_interval, tracking.final_replay_timeout,
                                config.runtime.background_nice, tracking.system_metrics,
                                tracking.system_metrics_interval, tracking.register_model)
@@ -129,8 +129,6 @@ def setup(config: Config, resume: ResumePoint | None, mlflow_process: ChildProce
     # up (renderer.py) while the data and the model are set up below.
     lock, tracker, viz = (open_run(config, resume, run_name, output_dir, run_tags(config, device, threads),
                                    mlflow_process) if world.is_main else (None, NullTracker(), None))
-    if config.tracking.log_model:  # the MLflow process exports this architecture while the run trains
-        tracker.prepare_model(dataclasses.asdict(config.model), config.data.seq_len)
     try:
         stream, skips = make_chunks(config.data.dataset, "train", tokenizer, config.data.batch_size,
                                     config.data.seq_len, rank=world.rank, world_size=world.world_size)
