@@ -71,13 +71,6 @@ class SinkProcess:
     def in_process(self) -> bool:
         return self._child is None or not self._child.alive
 
-    def ready(self, tracking_uri: str, registry_uri: str) -> None:
-        """Wait until the child has imported MLflow and opened this store (once, left out
-        of ``cpu_seconds``). The child follows the store this process resolved."""
-        self._ask("ready", (tracking_uri, registry_uri))
-        if not self.in_process:
-            self._cpu_at_ready = self._child.cpu_seconds()
-
     def open_store(self, uris: tuple[str, str] | None) -> tuple[str, str | None]:
         """The child opens the store: this process's ``uris``, or with None the one the
         environment names. Returns the store's tracking URI and, when it cannot be opened,
@@ -164,8 +157,6 @@ class SinkProcess:
             except ChildGone as exc:
                 log.warning("MLflow process died (%s); deliveries go from this process from now on", exc)
                 raise
-        if method == "ready":
-            return None
         if self._local is None:
             from slimtrack.tracking.client import Client
             from slimtrack.tracking.sink import MlflowSink
@@ -207,9 +198,9 @@ def main(background_nice: int, model_to_export: tuple[dict[str, Any], int] | Non
     from slimtrack.tracking.model_export import import_for_logging
     from slimtrack.tracking.sink import MlflowSink
 
-    # The store the environment names is opened now, the usual case. The parent's "ready"
-    # names the store it resolved; a different one is opened then. A store that cannot be
-    # opened is not an error here: the parent gets it as the answer to its first request.
+    # The store the environment names is opened now, the usual case. The parent's
+    # "open_store" may name another store it resolved; that one is opened then. A store
+    # that cannot be opened is not an error here: the parent gets it as the answer.
     uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     try:
         sink: MlflowSink | None = MlflowSink(Client(*uris), export)
@@ -228,16 +219,13 @@ def main(background_nice: int, model_to_export: tuple[dict[str, Any], int] | Non
                 return uris[0], first_line(exc)
         return uris[0], None
 
+    warm = threading.Thread(target=import_for_logging, name="slimtrack-warm", daemon=True)
+
     def answer(request: tuple[str, Any]) -> Any:
-        nonlocal sink, uris
+        nonlocal sink
         method, argument = request
-        if method == "start_run" and export is not None:  # the run is open: nothing waits for this now
-            threading.Thread(target=import_for_logging, name="slimtrack-warm", daemon=True).start()
-        if method == "ready" and (tuple(argument) != uris or sink is None):
-            uris = tuple(argument)
-            sink = MlflowSink(Client(*uris), export)
-        if method == "ready":
-            return None
+        if method == "start_run" and export is not None and warm.ident is None:
+            warm.start()  # the run is open: nothing waits for this now
         if method == "open_store":
             return open_store(argument)
         if sink is None:
@@ -248,9 +236,11 @@ def main(background_nice: int, model_to_export: tuple[dict[str, Any], int] | Non
     # The parent closed the pipe once every request was answered, so every call has
     # returned and nothing is left to write; the interpreter's own teardown (MLflow's
     # exit handlers, SQLAlchemy's pools, module cleanup) would only hold the parent's
-    # wait for this process. The monitor is stopped first, should the parent not have.
+    # wait for this process. The monitor is stopped and the uploads finished first, should
+    # the parent not have.
     if sink is not None:
         sink.stop_system_metrics()
+        sink.uploads.drain()
     if export is not None:
         export.close()
     sys.stderr.flush()

@@ -92,12 +92,11 @@ class MlflowTracker:
                 delivery.deliver_with_retry(start)
             except Exception as exc:  # noqa: BLE001 — a local store that fails now is the user's to fix
                 raise UserError(f"tracking store {redact_uri(delivery.store)}: {first_line(exc)}") from None
+        if not start.attach_run_id:  # `mlflow run` sets its own; resolved before the loop, not in it
+            delivery.send([TagSource(argv=list(sys.argv), cwd=os.getcwd())])
         if process is not None:
             delivery.sink = process
-        tracker = cls(delivery, settings, process, resumed=resume_run_id is not None)
-        if not start.attach_run_id:  # `mlflow run` sets its own
-            tracker.worker.put(TagSource(argv=list(sys.argv), cwd=os.getcwd()))
-        return tracker
+        return cls(delivery, settings, process, resumed=resume_run_id is not None)
 
     @property
     def run_id(self) -> str | None:
