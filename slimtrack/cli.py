@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from slimtrack.config import (DEVICES, PRESETS, Config, FieldInfo, build_config_with_file, config_fields,
-                              config_to_yaml)
+from slimtrack.config import DEVICES, PRESETS, Config, FieldInfo, config_fields
+from slimtrack.config_files import build_config_with_file, config_to_yaml
 from slimtrack.errors import UserError
 from slimtrack.runtime.files import check_writable
 

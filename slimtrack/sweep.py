@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from slimtrack.config import MAX_RUN_NAME, Config, FieldInfo, config_fields, config_to_yaml
+from slimtrack.config import MAX_RUN_NAME, Config, FieldInfo, config_fields
+from slimtrack.config_files import config_to_yaml
 from slimtrack.errors import UserError
 
 SAMPLERS = ("grid", "random")

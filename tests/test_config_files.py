@@ -11,7 +11,8 @@ import yaml
 
 from conftest import REPO, run_cli
 from slimtrack.cli import build_parser, config_from_args, main
-from slimtrack.config import PRESETS, ModelConfig, build_config, build_config_with_file, read_config_file
+from slimtrack.config import PRESETS, ModelConfig, build_config
+from slimtrack.config_files import build_config_with_file, read_config_file
 
 CONFIGS = REPO / "configs"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import using_store
 from mlflow_server import _stop as stop, free_port, wait_until_answering
 
 pytestmark = pytest.mark.slow
@@ -78,12 +79,8 @@ def logged_model(tmp_path_factory):
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("logged-model", artifact_location=str(tmp / "artifacts"))
     run_id = client.create_run(experiment).info.run_id
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with using_store(uri):
         log_pt2_model(run_id, model, np.zeros((2, 64), dtype=np.int64), tokenizer_file=tokenizer)
-    finally:
-        mlflow.set_tracking_uri(previous)
     (logged,) = client.search_logged_models([experiment])
     folder = Path(logged.artifact_location.removeprefix("file://"))
     return uri, f"models:/{logged.model_id}", folder

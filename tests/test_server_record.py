@@ -20,7 +20,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import run_cli
+from conftest import run_cli, using_store
 from mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -111,18 +111,11 @@ def test_registering_the_same_name_again_makes_version_2(registered):
 
 
 def test_the_registered_version_loads_from_the_server_and_continues_a_prompt(registered, server, tmp_path):
-    import mlflow
     import mlflow.pyfunc
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server)
-    mlflow.set_registry_uri(server)
-    try:
+    with using_store(server):
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1", dst_path=str(tmp_path))
         continuations = model.predict(["The "], params={"max_new_tokens": 4, "seed": 0})
-    finally:
-        mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(None)
     assert len(continuations) == 1 and isinstance(continuations[0], str), continuations
     assert len(continuations[0]) <= 4  # the continuation alone (not the prompt), at most 4 new byte tokens
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, using_store
 from slimpajama_fixture import SET_NAMES, make_slimpajama_tree
 from slimtrack.cli import main
 from slimtrack.native.threads import cpu_description
@@ -113,8 +113,8 @@ def test_logged_model_loads_and_takes_any_batch(test_run):
 
     work, uri, result = test_run
     assert "specialized" not in result.stderr
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(f"runs:/{only_run(MlflowClient(uri)).info.run_id}/model")
+    with using_store(uri):
+        model = mlflow.pytorch.load_model(f"runs:/{only_run(MlflowClient(uri)).info.run_id}/model")
     seq_len = int(only_run(MlflowClient(uri)).data.params["data.seq_len"])
     for batch in (1, 3):
         out = model(torch.zeros(batch, seq_len, dtype=torch.int64))

@@ -90,3 +90,28 @@ def test_history_export_is_throttled_between_renders_and_complete_at_the_end(tmp
     rows = json.loads(history.read_text())
     assert [row["step"] for row in rows] == list(range(1, 21))
     assert rows[-1]["loss"] == 5.0 / 20 and rows[-1]["val_loss"] is None
+
+
+class ArtifactNames(NullTracker):
+    """A tracker that keeps the names of the files logged as artifacts."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def log_artifact(self, local_path, artifact_path=None, bulky=False) -> None:
+        self.names.append(local_path.name)
+
+
+def test_the_history_is_logged_at_the_end_when_a_checkpoint_wrote_it_first(tmp_path, monkeypatch):
+    """The last step is a checkpoint's: its export_now writes the history (not logged), and the
+    last render's export is then "too soon"; the run must still end with the history logged."""
+    import slimtrack.dashboard.manager as viz_module
+    monkeypatch.setattr(viz_module, "HISTORY_EXPORT_SHARE", 1e-9)  # after one export, the next is "too soon"
+    tracker = ArtifactNames()
+    viz = VisualizationManager(tmp_path, tracker, viz_interval=1000)
+    for step in range(1, 9):
+        viz.update(record(step))
+    viz.export_now()  # the checkpoint at step 8
+    viz.close()  # renders step 8, whose export is skipped
+    assert "training_step_000008.png" in tracker.names
+    assert tracker.names.count("metrics_history.json") == 1

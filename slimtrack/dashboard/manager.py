@@ -85,6 +85,7 @@ class VisualizationManager:
         self._pending: deque[_Request] = deque(maxlen=MAX_PENDING_RENDERS)
         self._export_lock = threading.Lock()
         self._exported_step = 0  # metrics_history.json on disk covers steps up to this one
+        self._logged_history_step = 0  # and the one in the run, up to this one
         self._next_history_export = 0.0  # time.monotonic() before which a render skips it
         self.background_nice = background_nice
         self._renderer = DashboardRenderer(background_nice=background_nice)  # its child starts (and warms up) now
@@ -139,8 +140,9 @@ class VisualizationManager:
             self._closed = True
             self._cond.notify()
         self._worker.join(timeout)
-        if render_last and self._exported_step != self.last_step and not self._worker.is_alive():
-            # The last render skipped the (throttled) history export: the run ends with all of it.
+        if render_last and self._logged_history_step != self.last_step and not self._worker.is_alive():
+            # The last render skipped the (throttled) history export, or a checkpoint's export
+            # came first: the run ends with all of it.
             history, _ = self.export_json(self._request_now(final=True))
             if history is not None:
                 self.tracker.log_artifact(history, VIZ_DIR)
@@ -216,6 +218,7 @@ class VisualizationManager:
         self.tracker.log_artifact(latest_png, VIZ_DIR)
         if history is not None:
             self.tracker.log_artifact(history, VIZ_DIR)
+            self._logged_history_step = request.step
         self.tracker.log_table_file(samples_file, VIZ_DIR)
         self.tracker.log_image(step_png, key=IMAGE_KEY, step=request.step)
         self.rendered_steps.append(request.step)

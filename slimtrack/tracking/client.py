@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from typing import Any, Iterator
 
 import mlflow
 from mlflow import MlflowClient
+
+
+SQLITE_RETRY_DELAY_S = 1.0  # before opening a new sqlite store again (its tables were being made)
 
 
 class Client(MlflowClient):
@@ -21,9 +25,18 @@ class Client(MlflowClient):
 
     def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None) -> None:
         # MlflowClient opens its tracking store here; for sqlite that creates the tables of a
-        # new file, which the MLflow process may be doing at the same moment (see below).
-        with store_creation_lock(tracking_uri or mlflow.get_tracking_uri()):
-            super().__init__(tracking_uri, registry_uri)
+        # new file, which another process may be doing at the same moment (see below).
+        uri = tracking_uri or mlflow.get_tracking_uri()
+        with store_creation_lock(uri):
+            try:
+                super().__init__(tracking_uri, registry_uri)
+            except Exception:  # noqa: BLE001
+                if not uri.startswith("sqlite:"):
+                    raise
+                # A process that does not take the lock (an MLflow UI or server, a script)
+                # may be creating the new file's tables right now: once more, after it.
+                time.sleep(SQLITE_RETRY_DELAY_S)
+                super().__init__(tracking_uri, registry_uri)
 
     def log_png(self, run_id: str, path: str, key: str, step: int) -> None:
         """A PNG file as a step-indexed image (the UI's step slider), stored as it is."""
@@ -35,9 +48,9 @@ class Client(MlflowClient):
 def store_creation_lock(tracking_uri: str) -> Iterator[None]:
     """Held while a sqlite store is opened: one process at a time creates a new file's tables.
 
-    ``slimtrack train`` opens the store twice at about the same time (the MLflow process
-    and the training process), and two processes creating a new file's tables at once
-    collide. An exclusive ``flock`` on the database file serialises them; sqlite's own
+    Two slimtrack processes can open a new store at about the same time (the MLflow
+    process and ``slimtrack sync``, a sweep and its trials), and two processes creating a
+    new file's tables at once collide. An exclusive ``flock`` on the database file serialises them; sqlite's own
     locks are ``fcntl`` byte-range locks, which ``flock`` does not touch. Other stores
     and file systems without ``flock`` run without it. A sqlite file this process cannot
     open for writing raises :class:`StoreError` at once (MLflow itself would retry for

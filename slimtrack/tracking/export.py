@@ -182,4 +182,7 @@ def main(model_config: dict[str, Any], seq_len: int) -> None:
 
 
 if __name__ == "__main__":
-    main(*json.loads(sys.argv[1]))
+    # The module's own name, not __main__: ExportError pickles as slimtrack.tracking.export's.
+    from slimtrack.tracking.export import main as serve_exports
+
+    serve_exports(*json.loads(sys.argv[1]))

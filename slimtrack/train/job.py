@@ -22,7 +22,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from slimtrack import __version__
-from slimtrack.config import Config, config_to_yaml
+from slimtrack.config import Config
+from slimtrack.config_files import config_to_yaml
 from slimtrack.dashboard.manager import VisualizationManager
 from slimtrack.data.chunks import ChunkStream, make_chunks
 from slimtrack.data.documents import SkipStats, validate_dataset
