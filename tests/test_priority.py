@@ -55,3 +55,26 @@ def test_the_setting_is_a_config_field_logged_with_the_run() -> None:
         RuntimeConfig(background_nice=-4)
     with pytest.raises(UserError, match="background-nice"):
         RuntimeConfig(background_nice=20)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_IDLE is Linux's")
+def test_a_process_at_idle_priority_is_moved_to_the_normal_class_with_every_thread():
+    """The export process waits at SCHED_IDLE; once the run awaits it, all its threads leave it."""
+    import subprocess
+
+    from slimtrack.runtime.priority import leave_idle_priority
+
+    code = ("import os, threading, time; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); print('ready', flush=True); "
+            "time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        threads = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(threads) == 2 and all(os.sched_getscheduler(t) == os.SCHED_IDLE for t in threads)
+        leave_idle_priority(child.pid, 7)
+        assert all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in threads)
+        assert all(os.getpriority(os.PRIO_PROCESS, t) == 7 for t in threads)
+    finally:
+        child.kill()
+        child.wait()

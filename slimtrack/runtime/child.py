@@ -86,6 +86,16 @@ class ChildProcess:
         with self._lock:
             self._stop()
 
+    def kill(self) -> None:
+        """End the child now, without waiting for it to finish (it holds nothing to keep)."""
+        with self._lock:
+            process, self._process = self._process, None
+            if process is not None:
+                process.kill()
+                process.wait()
+                process.stdin.close()
+                process.stdout.close()
+
     def _stop(self) -> None:
         process, self._process = self._process, None
         if process is None:

@@ -52,3 +52,18 @@ def run_this_thread_when_idle() -> bool:
         lower_this_thread_priority(MAX_NICE)
         return False
 
+
+def leave_idle_priority(pid: int, nice: int) -> None:
+    """Move every thread of the process ``pid`` (one of this user's) out of SCHED_IDLE, to the
+    normal class at ``nice``: work that waited for idle CPU time is now awaited, and must not
+    starve behind a busy machine. Where that is refused, or not Linux, nothing changes."""
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for thread in threads:
+        try:
+            os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, thread, min(MAX_NICE, max(0, nice)))
+        except (AttributeError, OSError):
+            continue

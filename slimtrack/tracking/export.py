@@ -8,7 +8,8 @@ the MLflow process's deliveries never wait for it. It imports torch and the expo
 a model of the run's architecture (known when the run starts) and exports it
 (:class:`PreparedExport`). The exported program shares its parameters with that model, so
 at the run's end ``write_program`` copies the final weights in and saves the program,
-without exporting again.
+without exporting again. Once the run waits for that program, the process leaves the idle
+class (``leave_idle_priority``), so a busy machine cannot starve the run's end.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from slimtrack.config import Config
 from slimtrack.runtime.child import ChildGone, ChildProcess
+from slimtrack.runtime.priority import leave_idle_priority
 
 EXPORT_MODULE = "slimtrack.tracking.export"
 
@@ -141,7 +143,8 @@ class ExportProcess:
     model of ``model_config`` (module docstring). When the child cannot start or dies, the
     program is written in this process instead."""
 
-    def __init__(self, model_config: dict[str, Any], seq_len: int) -> None:
+    def __init__(self, model_config: dict[str, Any], seq_len: int, awaited_nice: int = 10) -> None:
+        self.awaited_nice = awaited_nice  # its priority once a program is awaited (the run's background_nice)
         try:
             self._child: ChildProcess | None = ChildProcess(EXPORT_MODULE, args=[json.dumps([model_config, seq_len])])
         except ChildGone:
@@ -149,6 +152,8 @@ class ExportProcess:
 
     def write_program(self, checkpoint: Path, model_config: dict[str, Any], seq_len: int, out: Path) -> None:
         if self._child is not None:
+            # Now the run waits for it: it must not starve at idle priority behind a busy machine.
+            leave_idle_priority(self._child.pid, self.awaited_nice)
             try:
                 self._child.ask((str(checkpoint), model_config, seq_len, str(out)))
                 return
@@ -157,8 +162,10 @@ class ExportProcess:
         write_program(checkpoint, model_config, seq_len, out)
 
     def close(self) -> None:
+        """End the process at once: every program asked for is written, and a process at idle
+        priority could take long to get the CPU time to exit on its own."""
         if self._child is not None:
-            self._child.close()
+            self._child.kill()
 
 
 # ---- in the child ------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def main(background_nice: int, model_to_export: tuple[dict[str, Any], int] | Non
     from slimtrack.tracking.export import ExportProcess
 
     # First: the export process imports torch and exports the model on idle CPU time.
-    export = ExportProcess(*model_to_export) if model_to_export else None
+    export = ExportProcess(*model_to_export, awaited_nice=background_nice) if model_to_export else None
     import mlflow
 
     from slimtrack.runtime.child import serve
