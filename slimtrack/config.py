@@ -145,6 +145,8 @@ class TrackingConfig:
                                    "stays in the store) or all", choices=LOG_CHECKPOINTS)
     register_model: str = setting("", "register the final model as a new version of this model name "
                                   "(empty = no registration)")
+    program_cache: str = setting("", "folder of exported model programs reused by later runs of the same "
+                                 "architecture ('' = ~/.cache/slimtrack/programs, 'off' = export every time)")
 
     def __post_init__(self) -> None:
         _require(bool(self.experiment), "--experiment must not be empty")

@@ -24,7 +24,8 @@ GIVEN = {
                   sample_tokens=9, sample_temperature=0.5),
     "tracking": dict(enabled=False, experiment="other", run_name="named", log_model=False, log_linger=1.5,
                      replay_interval=2.5, final_replay_timeout=3.5, mlflow_process=False, system_metrics=False,
-                     system_metrics_interval=4.5, log_checkpoints="all", register_model="my-model"),
+                     system_metrics_interval=4.5, log_checkpoints="all", register_model="my-model",
+                     program_cache="programs/here"),
     "runtime": dict(background_nice=5, malloc_tuning=False, onednn_linear=False, cuda_fast_launch=False),
 }
 FLAG_NAMES = {("tracking", "enabled"): "tracking"}  # flags not named after their field

@@ -220,13 +220,13 @@ def test_a_killed_rank_restarts_the_group_into_the_same_run(tmp_path):
     client = Client(uri)
     steps = 60
     # Restarts to spare: on a loaded 2-core machine a restarted group's gloo connection can
-    # time out (a rank's peer not yet listening); torchrun then restarts the group again.
+    # fail (a rank's peer not yet listening); torchrun then restarts the group again.
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--max-restarts", "6", "--master-port", str(free_port()), "-m", "slimtrack", "train",
                              "--test", "--kernels", "torch", "--max-chunks", str(steps), "--checkpoint-interval", "5",
                              "--viz-interval", "1000", "--resume", "auto", "--output-dir", str(tmp_path / "out")],
                             cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         run_id = wait_for_steps(client, minimum=8)
         victims = rank_pids(1)
@@ -235,7 +235,7 @@ def test_a_killed_rank_restarts_the_group_into_the_same_run(tmp_path):
             os.kill(pid, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=600)
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its ranks: none may outlive a failed test
     assert proc.returncode == 0, stderr[-3000:]
     runs = client.search_runs([client.get_experiment_by_name("slimtrack").experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]  # the restart continued the same run

@@ -58,20 +58,23 @@ def import_for_logging() -> None:
 
 def log_checkpoint_model(run_id: str, checkpoint: Path, model_config: dict[str, Any], seq_len: int,
                          tokenizer_file: Path | None = None, register_as: str = "",
-                         exporter: ExportProcess | None = None) -> str | None:
+                         exporter: ExportProcess | None = None, program: Path | None = None) -> str | None:
     """Log the model whose weights the checkpoint holds: with ``tokenizer_file``, as a text model
-    from the program ``exporter`` writes (else exported in this process); without, the module
-    itself (the pytorch flavour). Returns the registered version. ExportError when the model
-    cannot be rebuilt or exported."""
+    whose program is the file ``program`` when it exists (the training process wrote it,
+    program_cache.py), else the one ``exporter`` writes there (else exported in this
+    process); without, the module itself (the pytorch flavour). Returns the registered
+    version. ExportError when the model cannot be rebuilt or exported."""
     if tokenizer_file is None:
         model = load_model(checkpoint, model_config)
         return log_pt2_model(run_id, model, example_ids(seq_len), register_as)
     with tempfile.TemporaryDirectory(prefix="slimtrack-program-") as tmp:
-        program = Path(tmp) / PROGRAM_FILE
-        if exporter is not None:
-            exporter.write_program(checkpoint, model_config, seq_len, program)
-        else:
-            write_program(checkpoint, model_config, seq_len, program)
+        program = program or Path(tmp) / PROGRAM_FILE
+        if not program.is_file():
+            program.parent.mkdir(parents=True, exist_ok=True)
+            if exporter is not None:
+                exporter.write_program(checkpoint, model_config, seq_len, program)
+            else:
+                write_program(checkpoint, model_config, seq_len, program)
         return _logged(run_id, register_as, lambda: log_text_model(program, model_config, tokenizer_file, register_as))
 
 

@@ -183,6 +183,7 @@ class LogModel(Operation):
     seq_len: int = 0  # the sequence length of the model's input example
     tokenizer_file: str | None = None  # with it, a text model (the pyfunc flavour too)
     register_as: str = ""
+    program: str = ""  # the model's .pt2 program: logged as it is when the file exists, else written there
 
     def apply(self, sink: Sink) -> bool:
         return sink.log_model(self)

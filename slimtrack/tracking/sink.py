@@ -110,7 +110,7 @@ class MlflowSink:
         mlflow.set_registry_uri(self.client._registry_uri)
         log_checkpoint_model(op.run_id, Path(op.checkpoint), op.model_config, op.seq_len,
                              Path(op.tokenizer_file) if op.tokenizer_file else None, op.register_as,
-                             exporter=self._export)
+                             exporter=self._export, program=Path(op.program) if op.program else None)
         return True
 
     # ---- services of the process the sink runs in (not operations: never spooled) -----------

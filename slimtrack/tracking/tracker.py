@@ -151,15 +151,16 @@ class MlflowTracker:
                              value=json.dumps([{"path": p, "type": "table"} for p in self._table_paths])))
 
     def log_model(self, checkpoint: Path, model_config: dict[str, Any], seq_len: int,
-                  tokenizer_file: Path | None = None) -> None:
+                  tokenizer_file: Path | None = None, program: Path | None = None) -> None:
         """The final model, from the checkpoint that holds its weights, into the run
         (model_export.py), after everything logged before it; with ``tokenizer_file`` (the
         run's tokenizer.json or byte tokenizer definition), as a text model: a pyfunc flavour
-        (prompts in, continuations out) beside the pytorch one. Returns at once; once the run
-        is finished, ``model_logged`` says whether it is in the store."""
+        (prompts in, continuations out) beside the pytorch one. ``program``: the model's .pt2
+        file, logged as it is when it exists, else exported into it. Returns at once; once
+        the run is finished, ``model_logged`` says whether it is in the store."""
         self.worker.put(LogModel(checkpoint=str(checkpoint), model_config=model_config, seq_len=seq_len,
                                  tokenizer_file=str(tokenizer_file) if tokenizer_file else None,
-                                 register_as=self.settings.register_model))
+                                 register_as=self.settings.register_model, program=str(program or "")))
 
     @property
     def model_logged(self) -> bool:

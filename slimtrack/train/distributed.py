@@ -44,8 +44,29 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
         torch.cuda.set_device(world.local_rank)
         device = torch.device("cuda", world.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        store = restart_store(world)
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size)
     return world, device
+
+
+def restart_store(world: World) -> dist.Store | None:
+    """The store of torchrun's agent, under a prefix of this restart; None outside torchrun's
+    agent store (``env://`` then opens the store as usual).
+
+    torchrun's agent keeps one store for all the restarts of a group, and the process group
+    writes the same keys in it every time (each rank's address, the barriers' counters). A
+    restarted rank could then read an address the killed group published and fail to
+    connect, or wait on a counter the killed group left behind, forever. Each restart
+    (TORCHELASTIC_RESTART_COUNT) gets keys of its own."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.world_size,
+                          is_master=False)
+    return dist.PrefixStore(f"slimtrack/restart_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def shutdown(world: World) -> None:

@@ -28,6 +28,8 @@ from typing import Any
 
 from slimtrack.config import Config
 from slimtrack.runtime.child import ChildProcess
+from slimtrack.tracking.model_export import PROGRAM_FILE
+from slimtrack.tracking.program_cache import ProgramCache, cache_folder, write_with_weights
 from slimtrack.train.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from slimtrack.train.distributed import barrier, shutdown
 from slimtrack.train.hooks import ConsoleAndTrackingHooks, WorkerHooks
@@ -212,6 +214,7 @@ def finish(job: Job, hooks: LoopHooks, status: str, stop: StopFlag, save_final: 
     tracker.finish(status)
     if model_sent and tracker.model_logged:
         write_run_file(job.output_dir, tracker.run_id, job.config.as_dict(), model_logged=True)
+        keep_program(job)
     print(f"slimtrack: run {status.lower()} after {trainer.step} steps; files in {job.output_dir}", file=sys.stderr)
     if tracker.run_id:
         print(f"slimtrack: run id {tracker.run_id}\nslimtrack: view it with {tracker.ui_hint()}", file=sys.stderr)
@@ -232,8 +235,30 @@ def log_final_model(job: Job, skip: bool) -> bool:
         print(f"slimtrack: no checkpoint of step {job.trainer.step}; the final model is not logged", file=sys.stderr)
         return False
     job.tracker.log_model(checkpoint, dataclasses.asdict(config.model), config.data.seq_len,
-                          tokenizer_file=_tokenizer_file(job))
+                          tokenizer_file=_tokenizer_file(job), program=write_program_from_cache(job))
     return True
+
+
+def write_program_from_cache(job: Job) -> Path:
+    """The final model's program file (``model/model.pt2`` in the output folder), written now
+    from the program cache's template of this architecture when it holds one
+    (program_cache.py); otherwise the MLflow process exports the model into it."""
+    config = job.config
+    program = job.output_dir / "model" / PROGRAM_FILE
+    program.unlink(missing_ok=True)  # an earlier end's program holds earlier weights
+    cache = ProgramCache(cache_folder(config.tracking.program_cache))
+    model_config = dataclasses.asdict(config.model)
+    template = cache.template(model_config, config.data.seq_len)
+    if template is not None and not write_with_weights(template, job.model.state_dict(), program):
+        cache.forget(model_config, config.data.seq_len)  # of another layout: the next run exports afresh
+    return program
+
+
+def keep_program(job: Job) -> None:
+    """The logged model's program, kept as its architecture's template for later runs."""
+    config = job.config
+    ProgramCache(cache_folder(config.tracking.program_cache)).keep(
+        job.output_dir / "model" / PROGRAM_FILE, dataclasses.asdict(config.model), config.data.seq_len)
 
 
 def _tokenizer_file(job: Job) -> Path | None:
