@@ -54,3 +54,28 @@ def test_two_ranks_log_one_run_with_reduced_metrics(tmp_path, kernels):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
     assert steps == list(range(1, STEPS + 3))
+
+
+def test_each_torchrun_restart_has_keys_of_its_own(monkeypatch):
+    """Under torchrun's agent store, the process group's keys go under the restart's prefix:
+    a restarted group never reads the addresses or counters a killed one left there."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from mlflow_server import free_port
+    from slimtrack.train.distributed import World, restart_store
+
+    port = free_port()
+    agent = dist.TCPStore("127.0.0.1", port, 1, is_master=True, timeout=datetime.timedelta(seconds=10))
+    assert restart_store(World(0, 2, 0)) is None  # not under torchrun: env:// as usual
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    for restart in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", restart)
+        restart_store(World(0, 2, 0)).set("rank_0", f"address {restart}")
+    assert agent.get("slimtrack/restart_0/rank_0") == b"address 0"
+    assert agent.get("slimtrack/restart_1/rank_0") == b"address 1"
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # rank 0 hosts a store per restart then
+    assert restart_store(World(0, 2, 0)) is None
