@@ -126,7 +126,7 @@ def test_a_run_of_a_cached_architecture_logs_its_own_weights(tmp_path, mlflow_st
         result = run_cli("train", "--test", "--kernels", "torch", "--seed", str(seed), "--program-cache", str(cache),
                          "--output-dir", str(out), "--experiment", "cache", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert zipfile.is_zipfile(template)  # kept from the export (seed 1), refreshed (seed 2)
+        assert zipfile.is_zipfile(template)  # the broken one replaced by the export (seed 1), then used (seed 2)
         experiment = client.get_experiment_by_name("cache").experiment_id
         run = client.search_runs([experiment], order_by=["start_time DESC"])[0]
         logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")

@@ -255,10 +255,13 @@ def write_program_from_cache(job: Job) -> Path:
 
 
 def keep_program(job: Job) -> None:
-    """The logged model's program, kept as its architecture's template for later runs."""
+    """The logged model's program, kept as its architecture's template for later runs (once:
+    a program written from the template is not copied back over it)."""
     config = job.config
-    ProgramCache(cache_folder(config.tracking.program_cache)).keep(
-        job.output_dir / "model" / PROGRAM_FILE, dataclasses.asdict(config.model), config.data.seq_len)
+    cache = ProgramCache(cache_folder(config.tracking.program_cache))
+    model_config = dataclasses.asdict(config.model)
+    if cache.template(model_config, config.data.seq_len) is None:
+        cache.keep(job.output_dir / "model" / PROGRAM_FILE, model_config, config.data.seq_len)
 
 
 def _tokenizer_file(job: Job) -> Path | None:
