@@ -14,7 +14,6 @@ class (``leave_idle_priority``), so a busy machine cannot starve the run's end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import threading
@@ -32,12 +31,12 @@ def model_to_export(config: Config) -> tuple[dict[str, Any] | None, int]:
     """The model a run logs at its end (its ModelConfig fields) and its input length, for the
     MLflow process to export ahead; (None, 0) when the run logs no model, or the program
     cache holds its architecture's program (the training process then writes the program)."""
-    from slimtrack.tracking.program_cache import ProgramCache, cache_folder
+    from slimtrack.tracking.program_cache import ProgramCache
 
     if not (config.tracking.enabled and config.tracking.log_model):
         return None, 0
-    model_config, seq_len = dataclasses.asdict(config.model), config.data.seq_len
-    if ProgramCache(cache_folder(config.tracking.program_cache)).template(model_config, seq_len) is not None:
+    cache, model_config, seq_len = ProgramCache.of_run(config)
+    if cache.template(model_config, seq_len) is not None:
         return None, 0
     return model_config, seq_len
 

@@ -64,6 +64,14 @@ class ProgramCache:
     def __init__(self, folder: Path | None) -> None:
         self.folder = folder
 
+    @classmethod
+    def of_run(cls, config: Any) -> tuple["ProgramCache", dict[str, Any], int]:
+        """The cache a run's Config names, with the run's architecture (its ModelConfig fields)
+        and input length, the arguments of every call below."""
+        import dataclasses
+
+        return cls(cache_folder(config.tracking.program_cache)), dataclasses.asdict(config.model), config.data.seq_len
+
     def template(self, model_config: Mapping[str, Any], seq_len: int) -> Path | None:
         """The kept program of this architecture, when there is one."""
         if self.folder is None:

@@ -29,7 +29,7 @@ from typing import Any
 from slimtrack.config import Config
 from slimtrack.runtime.child import ChildProcess
 from slimtrack.tracking.model_export import PROGRAM_FILE
-from slimtrack.tracking.program_cache import ProgramCache, cache_folder, write_with_weights
+from slimtrack.tracking.program_cache import ProgramCache, write_with_weights
 from slimtrack.train.checkpoint import checkpoint_name, list_checkpoints, save_checkpoint
 from slimtrack.train.distributed import barrier, shutdown
 from slimtrack.train.hooks import ConsoleAndTrackingHooks, WorkerHooks
@@ -243,25 +243,21 @@ def write_program_from_cache(job: Job) -> Path:
     """The final model's program file (``model/model.pt2`` in the output folder), written now
     from the program cache's template of this architecture when it holds one
     (program_cache.py); otherwise the MLflow process exports the model into it."""
-    config = job.config
     program = job.output_dir / "model" / PROGRAM_FILE
     program.unlink(missing_ok=True)  # an earlier end's program holds earlier weights
-    cache = ProgramCache(cache_folder(config.tracking.program_cache))
-    model_config = dataclasses.asdict(config.model)
-    template = cache.template(model_config, config.data.seq_len)
+    cache, model_config, seq_len = ProgramCache.of_run(job.config)
+    template = cache.template(model_config, seq_len)
     if template is not None and not write_with_weights(template, job.model.state_dict(), program):
-        cache.forget(model_config, config.data.seq_len)  # of another layout: the next run exports afresh
+        cache.forget(model_config, seq_len)  # of another layout: the next run exports afresh
     return program
 
 
 def keep_program(job: Job) -> None:
     """The logged model's program, kept as its architecture's template for later runs (once:
     a program written from the template is not copied back over it)."""
-    config = job.config
-    cache = ProgramCache(cache_folder(config.tracking.program_cache))
-    model_config = dataclasses.asdict(config.model)
-    if cache.template(model_config, config.data.seq_len) is None:
-        cache.keep(job.output_dir / "model" / PROGRAM_FILE, model_config, config.data.seq_len)
+    cache, model_config, seq_len = ProgramCache.of_run(job.config)
+    if cache.template(model_config, seq_len) is None:
+        cache.keep(job.output_dir / "model" / PROGRAM_FILE, model_config, seq_len)
 
 
 def _tokenizer_file(job: Job) -> Path | None:
